@@ -1,0 +1,214 @@
+"""Command line: parse, configure, run one command, map the outcome to an exit code, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, NoReturn
+
+from runner import __version__, commands, logs
+from runner.config import VARIABLES, Settings, from_env, load_secret_files
+from runner.errors import Interrupted, RunnerError, UsageError, exit_code_for
+from runner.exit_codes import ExitCode
+
+COMMANDS = {
+    "up": "apply every pending migration (default)",
+    "status": "list applied and pending migrations with checksums",
+    "plan": "show what `up` would run, without running it",
+    "validate": "check the migration set (exit 66 on any problem), change nothing",
+    "wait": "only wait until the database accepts connections",
+}
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="migration-runner",
+        description="Apply PostgreSQL migrations exactly once. Flags win over the environment.",
+        epilog="commands: " + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
+    )
+    parser.add_argument("command", nargs="?", default="up", choices=list(COMMANDS))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--json", action="store_true", help="status, plan: print JSON")
+    parser.add_argument(
+        "--offline", action="store_true", help="validate: check the files only, no database"
+    )
+    for variable in VARIABLES:
+        if variable.is_switch:
+            parser.add_argument(
+                variable.flag, dest=variable.name, action="store_const", const="true",
+                help=f"{variable.help} [{variable.name}]",
+            )
+        else:
+            parser.add_argument(
+                variable.flag, dest=variable.name, metavar="VALUE",
+                help=f"{variable.help} [{variable.name}]",
+            )
+    return parser
+
+
+def environment_with_flags(
+    arguments: argparse.Namespace, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The environment, overridden by the flags given; a flag also clears its `_FILE` twin."""
+    merged = dict(environ)
+    for variable in VARIABLES:
+        value = getattr(arguments, variable.name)
+        if value is None:
+            continue
+        merged[variable.name] = value
+        twin = variable.name.removesuffix("_FILE")
+        if twin != variable.name:
+            merged.pop(twin, None)
+        else:
+            merged.pop(f"{variable.name}_FILE", None)
+    return merged
+
+
+class _Signals:
+    """SIGTERM and SIGINT become KeyboardInterrupt, which psycopg answers by cancelling the
+    running statement; the transaction then rolls back and the connection closes."""
+
+    received: int | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            return  # already stopping; a second signal must not interrupt the rollback
+        self.received = signum
+        raise KeyboardInterrupt
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    stdout: IO[str] | None = None,
+) -> int:
+    environ = os.environ if environ is None else environ
+    out = stdout or sys.stdout
+    logs.configure(log_format=_early_format(environ), level="INFO")
+    signals = _Signals()
+    report = commands.RunReport(command="up")
+    settings: Settings | None = None
+    error: BaseException | None = None
+    try:
+        signals.install()
+        arguments = build_parser().parse_args(argv)
+        report.command = arguments.command
+        if arguments.json and arguments.command not in ("status", "plan"):
+            raise UsageError("--json goes with status or plan")
+        if arguments.offline and arguments.command != "validate":
+            raise UsageError("--offline goes with validate")
+        merged = load_secret_files(environment_with_flags(arguments, environ))
+        needs_database = not (arguments.command == "validate" and arguments.offline)
+        settings = from_env(merged, require_database=needs_database)
+        logs.configure(
+            log_format=settings.log_format, level=settings.log_level, secrets=settings.secrets
+        )
+        _run(arguments, settings, report, out)
+    except KeyboardInterrupt:
+        error = Interrupted(signals.received or signal.SIGINT)
+    except RunnerError as failure:
+        error = failure
+    except Exception as bug:
+        error = bug
+        logs.logger.exception("internal error", extra={"event": "run.crashed"})
+    code = exit_code_for(error) if error else ExitCode.OK
+    _finish(code, error, report, settings)
+    return int(code)
+
+
+def _run(
+    arguments: argparse.Namespace, settings: Settings, report: commands.RunReport, out: IO[str]
+) -> None:
+    command = arguments.command
+    if command == "up":
+        commands.up(settings, report)
+    elif command == "status":
+        commands.status(settings, report, out, as_json=arguments.json)
+    elif command == "plan":
+        commands.show_plan(settings, report, out, as_json=arguments.json)
+    elif command == "validate":
+        commands.validate(settings, report, offline=arguments.offline)
+    else:
+        commands.wait_only(settings)
+
+
+def _finish(
+    code: ExitCode,
+    error: BaseException | None,
+    report: commands.RunReport,
+    settings: Settings | None,
+) -> None:
+    fields: dict[str, object] = {}
+    if isinstance(error, RunnerError):
+        fields = error.fields()
+        logs.event(logging.ERROR, error.event, str(error), error_type=type(error).__name__, **fields)
+    summary = {
+        "outcome": "succeeded" if code == ExitCode.OK else "failed",
+        "exit_code": int(code),
+        "retryable": code.retryable,
+        "command": report.command,
+        "applied": report.applied,
+        "failed_version": fields.get("version"),
+        "error": str(error) if error else None,
+    }
+    logs.event(
+        logging.INFO if code == ExitCode.OK else logging.ERROR,
+        "run.finished",
+        f"{report.command} {summary['outcome']} with exit code {int(code)}",
+        **summary,
+        pending=report.pending,
+    )
+    _write_termination_message(summary, settings)
+
+
+def _write_termination_message(summary: dict[str, object], settings: Settings | None) -> None:
+    """Kubernetes shows this file as the container's termination message (4 KiB at most)."""
+    if settings is None:
+        return
+    path = settings.termination_log
+    if not settings.termination_log_explicit and not path.exists():
+        return
+    redact = logs.Redactor(settings.secrets)
+    text = redact(json.dumps(summary, default=str))
+    while len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+        error = str(summary.get("error") or "")
+        applied = summary.get("applied")
+        if len(error) > 200:
+            summary["error"] = error[: len(error) // 2] + "…"
+        elif isinstance(applied, list) and applied:
+            summary["applied"] = applied[: len(applied) // 2]
+            summary["applied_truncated"] = True
+        else:
+            break
+        text = redact(json.dumps(summary, default=str))
+    try:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    except OSError as failure:
+        logs.event(
+            logging.WARNING,
+            "termination_log.unwritable",
+            f"cannot write {path}: {failure.strerror}",
+            path=str(path),
+        )
+
+
+def _early_format(environ: Mapping[str, str]) -> str:
+    """The log format before settings are validated, so that a config error is still JSON."""
+    return "text" if environ.get("LOG_FORMAT", "").strip().lower() == "text" else "json"

@@ -1,0 +1,281 @@
+"""Settings: read once from the environment (and flags), validated, frozen, passed down.
+
+`load_secret_files` is the only I/O here: it resolves the `_FILE` twins. `from_env` is pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg import conninfo as libpq_conninfo
+
+from runner.errors import ConfigError
+
+APPLICATION_NAME = "migration-runner"
+DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Variables whose value is a secret and which may be given as a file instead (`NAME_FILE`).
+SECRET_VARIABLES = ("DATABASE_URL", "DB_PASSWORD", "DB_USER")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One setting: its environment variable, its flag, and its help text for --help."""
+
+    name: str
+    flag: str
+    help: str
+    is_switch: bool = False
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("DATABASE_URL", "--database-url", "libpq URL or key=value string"),
+    Variable("DATABASE_URL_FILE", "--database-url-file", "file holding DATABASE_URL"),
+    Variable("DB_HOST", "--db-host", "server host (overrides the URL's)"),
+    Variable("DB_PORT", "--db-port", "server port (default 5432)"),
+    Variable("DB_NAME", "--db-name", "database name"),
+    Variable("DB_USER", "--db-user", "role to connect as"),
+    Variable("DB_USER_FILE", "--db-user-file", "file holding DB_USER"),
+    # No --db-password: a password on a command line is visible to every process on the host.
+    Variable("DB_PASSWORD_FILE", "--db-password-file", "file holding the password"),
+    Variable("DB_SSL", "--db-ssl", "libpq sslmode: " + ", ".join(SSL_MODES)),
+    Variable("DB_SSL_ROOT_CERT", "--db-ssl-root-cert", "CA certificate file for verify-ca/full"),
+    Variable("MIGRATIONS_DIR", "--migrations-dir", "directory of migration files"),
+    Variable("MIGRATIONS_TABLE", "--migrations-table", "tracking table, may be schema.table"),
+    Variable("DB_WAIT_TIMEOUT", "--wait-timeout", "seconds to wait for the database (60)"),
+    Variable("DB_CONNECT_TIMEOUT", "--connect-timeout", "seconds per connection attempt (5)"),
+    Variable("MIGRATION_LOCK_TIMEOUT", "--lock-timeout", "seconds to wait for the lock (300)"),
+    Variable("LOG_FORMAT", "--log-format", "json (default) or text"),
+    Variable("LOG_LEVEL", "--log-level", "DEBUG, INFO (default), WARNING or ERROR"),
+    Variable("TERMINATION_LOG", "--termination-log", "summary file (/dev/termination-log)"),
+    Variable(
+        "ALLOW_OUT_OF_ORDER",
+        "--allow-out-of-order",
+        "apply versions lower than the highest applied one",
+        is_switch=True,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class TableName:
+    """The tracking table, optionally schema-qualified."""
+
+    schema: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """What libpq needs to connect. The password never appears in repr() or describe()."""
+
+    params: Mapping[str, str] = field(repr=False)
+    connect_timeout: int = 5
+
+    @property
+    def password(self) -> str | None:
+        return self.params.get("password")
+
+    def kwargs(self, connect_timeout: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for psycopg.connect()."""
+        timeout = self.connect_timeout if connect_timeout is None else connect_timeout
+        return {
+            **self.params,
+            "connect_timeout": str(max(timeout, 1)),
+            "application_name": APPLICATION_NAME,
+        }
+
+    def describe(self) -> str:
+        """user@host:port/dbname, safe to log."""
+        params = self.params
+        host = params.get("host") or params.get("hostaddr") or "(default host)"
+        port = params.get("port") or "5432"
+        user = params.get("user") or "(default user)"
+        return f"{user}@{host}:{port}/{params.get('dbname') or '(default database)'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    connection: ConnectionSettings | None
+    migrations_dir: Path
+    migrations_table: TableName
+    wait_timeout: float
+    lock_timeout: float
+    log_format: str
+    log_level: str
+    termination_log: Path
+    termination_log_explicit: bool
+    allow_out_of_order: bool
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in output."""
+        password = self.connection.password if self.connection else None
+        return (password,) if password else ()
+
+
+def load_secret_files(
+    environ: Mapping[str, str], read_text: Callable[[str], str] | None = None
+) -> dict[str, str]:
+    """Resolve each `NAME_FILE` into `NAME`, as Docker and Kubernetes secrets are read.
+
+    One trailing newline is stripped. Setting both `NAME` and `NAME_FILE` is an error.
+    """
+    read = read_text or _read_text
+    resolved = dict(environ)
+    for name in SECRET_VARIABLES:
+        twin = f"{name}_FILE"
+        path = resolved.pop(twin, None)
+        if path is None:
+            continue
+        if resolved.get(name):
+            raise ConfigError(twin, f"set either {name} or {twin}, not both")
+        try:
+            content = read(path)
+        except OSError as error:
+            raise ConfigError(twin, f"cannot read {path!r}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(twin, f"{path!r} is not UTF-8 text") from None
+        resolved[name] = content.removesuffix("\n").removesuffix("\r")
+    return resolved
+
+
+def _read_text(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def from_env(environ: Mapping[str, str], *, require_database: bool = True) -> Settings:
+    """Validate every setting; a wrong value names the variable and what was expected."""
+    for name in SECRET_VARIABLES:
+        if f"{name}_FILE" in environ:
+            raise ConfigError(f"{name}_FILE", "must be resolved by load_secret_files() first")
+    connection = _connection(environ, require_database)
+    log_format = _choice(environ, "LOG_FORMAT", LOG_FORMATS, "json", fold=str.lower)
+    termination_log = environ.get("TERMINATION_LOG", "")
+    return Settings(
+        connection=connection,
+        migrations_dir=Path(environ.get("MIGRATIONS_DIR") or DEFAULT_MIGRATIONS_DIR),
+        migrations_table=_table_name(environ.get("MIGRATIONS_TABLE") or "schema_migrations"),
+        wait_timeout=_seconds(environ, "DB_WAIT_TIMEOUT", 60.0),
+        lock_timeout=_seconds(environ, "MIGRATION_LOCK_TIMEOUT", 300.0, allow_zero=True),
+        log_format=log_format,
+        log_level=_choice(environ, "LOG_LEVEL", LOG_LEVELS, "INFO", fold=str.upper),
+        termination_log=Path(termination_log) if termination_log else DEFAULT_TERMINATION_LOG,
+        termination_log_explicit=bool(termination_log),
+        allow_out_of_order=_switch(environ, "ALLOW_OUT_OF_ORDER"),
+    )
+
+
+def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSettings | None:
+    url = environ.get("DATABASE_URL", "")
+    params: dict[str, str] = {}
+    if url:
+        try:
+            parsed = libpq_conninfo.conninfo_to_dict(url)
+        except Exception as error:  # libpq's message may quote the string: keep only its shape
+            reason = re.sub(r'"[^"]*"', '"…"', str(error))
+            raise ConfigError(
+                "DATABASE_URL",
+                f"expected a postgresql:// URL or a libpq key=value string ({reason})",
+            ) from None
+        params = {key: str(value) for key, value in parsed.items() if value is not None}
+    parts = {
+        "host": "DB_HOST",
+        "port": "DB_PORT",
+        "dbname": "DB_NAME",
+        "user": "DB_USER",
+        "password": "DB_PASSWORD",
+        "sslmode": "DB_SSL",
+        "sslrootcert": "DB_SSL_ROOT_CERT",
+    }
+    for key, variable in parts.items():
+        if environ.get(variable):
+            params[key] = environ[variable]
+    if not params.get("host") and not url:
+        if not required:
+            return None
+        raise ConfigError("DATABASE_URL", "set DATABASE_URL (or DATABASE_URL_FILE) or DB_HOST")
+    if "port" in params:
+        source = "DB_PORT" if environ.get("DB_PORT") else "DATABASE_URL"
+        _port(source, params["port"])
+    if "sslmode" in params and params["sslmode"] not in SSL_MODES:
+        source = "DB_SSL" if environ.get("DB_SSL") else "DATABASE_URL"
+        raise ConfigError(source, f"expected one of {', '.join(SSL_MODES)}")
+    connect_timeout = _seconds(environ, "DB_CONNECT_TIMEOUT", 5.0)
+    return ConnectionSettings(params=params, connect_timeout=max(1, round(connect_timeout)))
+
+
+def _port(variable: str, value: str) -> int:
+    for candidate in value.split(","):  # libpq allows one port per host in a list
+        if not candidate.isdigit() or not 1 <= int(candidate) <= 65535:
+            raise ConfigError(variable, f"expected a port number 1-65535, got {value!r}")
+    return int(value.split(",")[0])
+
+
+def _seconds(
+    environ: Mapping[str, str], variable: str, default: float, *, allow_zero: bool = False
+) -> float:
+    raw = environ.get(variable, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw.strip().removesuffix("s"))
+    except ValueError:
+        value = float("nan")
+    lowest_ok = 0.0 if allow_zero else 1e-9
+    if not (value >= lowest_ok and value < float("inf")):
+        expected = "zero or more" if allow_zero else "more than zero"
+        raise ConfigError(variable, f"expected a number of seconds, {expected}; got {raw!r}")
+    return value
+
+
+def _choice(
+    environ: Mapping[str, str],
+    variable: str,
+    choices: tuple[str, ...],
+    default: str,
+    *,
+    fold: Callable[[str], str],
+) -> str:
+    raw = environ.get(variable, "")
+    if raw == "":
+        return default
+    value = fold(raw.strip())
+    if value not in choices:
+        raise ConfigError(variable, f"expected one of {', '.join(choices)}; got {raw!r}")
+    return value
+
+
+def _switch(environ: Mapping[str, str], variable: str) -> bool:
+    raw = environ.get(variable, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    expected = "/".join((*_TRUE, *_FALSE[:-1]))
+    raise ConfigError(variable, f"expected {expected}; got {environ[variable]!r}")
+
+
+def _table_name(raw: str) -> TableName:
+    parts = raw.split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+        raise ConfigError(
+            "MIGRATIONS_TABLE",
+            f"expected table or schema.table of letters, digits and _ (max 63 each); got {raw!r}",
+        )
+    if len(parts) == 2:
+        return TableName(schema=parts[0], name=parts[1])
+    return TableName(schema=None, name=parts[0])

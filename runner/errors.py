@@ -1,0 +1,166 @@
+"""The one error hierarchy, and the one place that maps it to exit codes."""
+
+from __future__ import annotations
+
+from runner.exit_codes import ExitCode
+
+
+class RunnerError(Exception):
+    """Base of every error the runner reports to its user."""
+
+    event = "run.error"
+
+    def fields(self) -> dict[str, object]:
+        """Structured fields for the log line and the termination message."""
+        return {}
+
+
+class UsageError(RunnerError):
+    """Unknown command or flag."""
+
+
+class ConfigError(RunnerError):
+    """A setting is missing or has a wrong value."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+    def fields(self) -> dict[str, object]:
+        return {"variable": self.variable}
+
+
+class DatabaseUnreachable(RunnerError):
+    """The database did not accept a connection before the deadline."""
+
+
+class DatabaseMissing(RunnerError):
+    """The configured database does not exist on the server."""
+
+
+class AuthenticationFailed(RunnerError):
+    """Bad password, unknown role, or permission denied."""
+
+
+class LockTimeout(RunnerError):
+    """Another runner held the migration lock for longer than MIGRATION_LOCK_TIMEOUT."""
+
+
+class MigrationSetError(RunnerError):
+    """The migration files, or their relation to what is applied, are unsafe to act on."""
+
+    def __init__(self, message: str, *, file: str | None = None, version: int | None = None):
+        super().__init__(message)
+        self.file = file
+        self.version = version
+
+    def fields(self) -> dict[str, object]:
+        found = {"file": self.file, "version": self.version}
+        return {key: value for key, value in found.items() if value is not None}
+
+
+class BadMigrationName(MigrationSetError):
+    """A .sql file whose name is not {digits}_{name}.up.sql or .down.sql."""
+
+
+class DuplicateVersion(MigrationSetError):
+    """Two files of one direction share a version."""
+
+
+class DownWithoutUp(MigrationSetError):
+    """A .down.sql file has no .up.sql file of the same version."""
+
+
+class UnreadableMigration(MigrationSetError):
+    """A migration file cannot be read or is not valid UTF-8."""
+
+
+class ChecksumMismatch(MigrationSetError):
+    """An applied migration's file changed since it was applied."""
+
+
+class MissingMigration(MigrationSetError):
+    """A version is applied in the database but its file is not on disk."""
+
+
+class OutOfOrder(MigrationSetError):
+    """A pending version is lower than the highest applied one."""
+
+
+class NeedsAttention(RunnerError):
+    """The database is in a state that a person must look at before the runner goes on."""
+
+
+class ForeignTrackingTable(NeedsAttention):
+    """A table with the tracking table's name exists but has another shape."""
+
+
+class HalfApplied(NeedsAttention):
+    """A migration is recorded as running or failed (it ran outside a transaction)."""
+
+    def __init__(self, message: str, *, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+    def fields(self) -> dict[str, object]:
+        return {"version": self.version}
+
+
+class MigrationFailed(RunnerError):
+    """A migration's SQL failed; its transaction was rolled back."""
+
+    event = "migration.failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        version: int,
+        file: str,
+        sqlstate: str | None,
+        line: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.version = version
+        self.file = file
+        self.sqlstate = sqlstate
+        self.line = line
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "file": self.file,
+            "sqlstate": self.sqlstate,
+            "line": self.line,
+        }
+
+
+class Interrupted(RunnerError):
+    """A signal stopped the run; the migration in flight was rolled back."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(f"stopped by signal {signal_number}; the migration in flight rolled back")
+        self.signal_number = signal_number
+
+
+_EXIT_CODES: tuple[tuple[type[RunnerError], ExitCode], ...] = (
+    (UsageError, ExitCode.USAGE),
+    (ConfigError, ExitCode.CONFIG),
+    (DatabaseMissing, ExitCode.CONFIG),
+    (DatabaseUnreachable, ExitCode.DB_UNREACHABLE),
+    (AuthenticationFailed, ExitCode.AUTH_FAILED),
+    (LockTimeout, ExitCode.LOCK_TIMEOUT),
+    (MigrationSetError, ExitCode.INVALID_MIGRATIONS),
+    (NeedsAttention, ExitCode.NEEDS_ATTENTION),
+    (MigrationFailed, ExitCode.MIGRATION_FAILED),
+)
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The exit status that reports `error`; anything unforeseen is a bug (70)."""
+    if isinstance(error, Interrupted):
+        return ExitCode.INTERRUPTED if error.signal_number == 2 else ExitCode.TERMINATED
+    for error_type, code in _EXIT_CODES:
+        if isinstance(error, error_type):
+            return code
+    return ExitCode.INTERNAL

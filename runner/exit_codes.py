@@ -1,0 +1,32 @@
+"""The exit-code contract. README.md, k8s/ and the Helm chart mirror this enum; a test keeps them equal."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit status, in the BSD sysexits tradition, and what an orchestrator should do."""
+
+    OK = 0  # applied, or nothing pending: go on
+    USAGE = 64  # unknown command or flag: fail
+    MIGRATION_FAILED = 65  # a migration's SQL failed and its transaction rolled back: fail
+    INVALID_MIGRATIONS = 66  # bad names, duplicates, edited or missing applied files, out of order: fail
+    NEEDS_ATTENTION = 67  # tracking table of unknown shape, half-applied migration: fail
+    DB_UNREACHABLE = 69  # database not reachable within DB_WAIT_TIMEOUT: retry
+    INTERNAL = 70  # a bug: fail
+    LOCK_TIMEOUT = 75  # lock not acquired within MIGRATION_LOCK_TIMEOUT: retry
+    AUTH_FAILED = 77  # authentication or permission denied: fail
+    CONFIG = 78  # configuration error: fail
+    INTERRUPTED = 130  # SIGINT; in-flight migration rolled back: retry
+    TERMINATED = 143  # SIGTERM; in-flight migration rolled back: retry
+
+    @property
+    def retryable(self) -> bool:
+        """True when running the job again, unchanged, may succeed."""
+        return self in RETRYABLE
+
+
+RETRYABLE = frozenset(
+    {ExitCode.DB_UNREACHABLE, ExitCode.LOCK_TIMEOUT, ExitCode.INTERRUPTED, ExitCode.TERMINATED}
+)

@@ -1,0 +1,95 @@
+"""The migration lock: a session-level advisory lock on the runner's own connection.
+
+It is taken by polling pg_try_advisory_lock(): a blocked pg_advisory_lock() call can deadlock
+with a CREATE INDEX CONCURRENTLY run by the lock's holder, which waits for every transaction
+(ours included) to end. The lock dies with the connection, so a killed runner leaves none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import tenacity
+
+from runner import db, logs, retry, sql
+from runner.config import TableName
+from runner.errors import LockTimeout
+
+
+def acquire(
+    conn: db.Connection,
+    table: TableName,
+    *,
+    timeout: float,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> int:
+    """Take the lock for `table`, waiting up to `timeout` seconds; return its key."""
+    key = sql.lock_key(table)
+    started = time.monotonic()
+
+    def log_waiting(state: tenacity.RetryCallState) -> None:
+        holder = _holder(conn, key)
+        logs.event(
+            logging.INFO,
+            "lock.waiting",
+            "another runner holds the migration lock; waiting"
+            + (f" (pid {holder['holder_pid']})" if holder else ""),
+            lock_key=key,
+            attempt=state.attempt_number,
+            waited_s=round(time.monotonic() - started, 3),
+            retry_in_s=round(state.upcoming_sleep, 3),
+            **holder,
+        )
+
+    policy = retry.backoff(
+        deadline=timeout,
+        retry=tenacity.retry_if_result(lambda locked: not locked),
+        sleep=sleep,
+        initial=0.05,
+        maximum=2.0,
+        before_sleep=log_waiting,
+    )
+    try:
+        policy(_try_lock, conn, key)
+    except tenacity.RetryError:
+        holder = _holder(conn, key)
+        raise LockTimeout(
+            f"another runner held the migration lock for more than {timeout:g}s"
+            + (f" (pid {holder['holder_pid']}, {holder['holder_application']})" if holder else "")
+        ) from None
+    logs.event(
+        logging.INFO,
+        "lock.acquired",
+        "migration lock acquired",
+        lock_key=key,
+        waited_ms=round((time.monotonic() - started) * 1000),
+    )
+    return key
+
+
+def release(conn: db.Connection, key: int) -> None:
+    db.execute(conn, sql.UNLOCK, {"key": key})
+    logs.event(logging.INFO, "lock.released", "migration lock released", lock_key=key)
+
+
+def _try_lock(conn: db.Connection, key: int) -> bool:
+    row = db.execute(conn, sql.TRY_LOCK, {"key": key}).fetchone()
+    return bool(row and row[0])
+
+
+def _holder(conn: db.Connection, key: int) -> dict[str, Any]:
+    high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+    row = db.execute(conn, sql.LOCK_HOLDER, {"high": high, "low": low}).fetchone()
+    if row is None:
+        return {}
+    pid, application, client, since, state = row
+    return {
+        "holder_pid": pid,
+        "holder_application": application,
+        "holder_client": client,
+        "holder_since": since.isoformat() if since else None,
+        "holder_state": state,
+    }

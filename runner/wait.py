@@ -1,0 +1,133 @@
+"""Waiting for PostgreSQL: transient failures are retried, permanent ones fail at once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import tenacity
+
+from runner import db, logs, retry
+from runner.config import ConnectionSettings
+from runner.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    DatabaseMissing,
+    DatabaseUnreachable,
+)
+
+# libpq and server messages (PostgreSQL sends no SQLSTATE before a session exists, so the
+# message is all there is). Matched case-insensitively; the server's lc_messages must be
+# English for the permanent ones to be recognised; anything unrecognised is retried.
+_AUTH = (
+    "password authentication failed",  # 28P01
+    "authentication failed",
+    "no pg_hba.conf entry",  # 28000
+    "permission denied for database",  # 42501
+    "must have connect privilege",
+    "no password supplied",
+    "password is required",
+    "is not permitted to log in",
+)
+_CONFIG = (
+    "server does not support ssl",
+    "sslmode value",
+    "certificate verify failed",
+    "could not read root certificate",
+    "root certificate file",
+    "invalid sslmode",
+)
+
+
+class TransientConnectError(Exception):
+    """A connection attempt failed in a way that may pass: try again."""
+
+
+def classify(error: psycopg.OperationalError) -> Exception:
+    """The error to raise for a failed connection attempt: permanent ones are RunnerErrors,
+    anything else is a TransientConnectError (refused, DNS, starting up, too many clients...)."""
+    message = str(error)
+    lowered = message.lower()
+    if 'database "' in lowered and "does not exist" in lowered:  # 3D000
+        return DatabaseMissing(f"the database does not exist: {_server_words(message)}")
+    if any(marker in lowered for marker in _AUTH) or (
+        'role "' in lowered and "does not exist" in lowered  # 28000
+    ):
+        return AuthenticationFailed(f"authentication failed: {_server_words(message)}")
+    if any(marker in lowered for marker in _CONFIG):
+        return ConfigError("DB_SSL", _server_words(message))
+    return TransientConnectError(_server_words(message))
+
+
+def _server_words(message: str) -> str:
+    """libpq's message on one line, without the 'connection to server at ... failed:' prefix."""
+    last = message.strip().splitlines()
+    text = " ".join(line.strip() for line in last)
+    _, sep, tail = text.rpartition(" failed: ")
+    return tail if sep else text
+
+
+def wait_for_database(
+    settings: ConnectionSettings,
+    *,
+    deadline: float,
+    sleep: Callable[[float], Any] = time.sleep,
+    connect: Callable[..., db.Connection] = db.connect,
+) -> db.Connection:
+    """Connect, retrying transient failures with jittered backoff until `deadline` seconds."""
+    target = settings.describe()
+    attempts = 0
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        logs.event(
+            logging.WARNING,
+            "db.wait.attempt",
+            f"database not ready: {error}",
+            attempt=state.attempt_number,
+            target=target,
+            retry_in_s=round(state.upcoming_sleep, 3),
+            error=str(error),
+        )
+
+    policy = retry.backoff(
+        deadline=deadline,
+        retry=tenacity.retry_if_exception_type(TransientConnectError),
+        sleep=sleep,
+        initial=0.2,
+        maximum=5.0,
+        before_sleep=log_retry,
+    )
+    started = time.monotonic()
+    connected: list[db.Connection] = []
+    try:
+        for attempt in policy:
+            with attempt:
+                attempts += 1
+                left = retry.remaining(attempt.retry_state, deadline)
+                # libpq treats timeouts under 2 s as 2 s
+                timeout = max(2, min(settings.connect_timeout, round(left)))
+                try:
+                    connected.append(connect(settings, connect_timeout=timeout))
+                except psycopg.OperationalError as error:
+                    raise classify(error) from None
+    except tenacity.RetryError as gave_up:
+        last = gave_up.last_attempt.exception()
+        raise DatabaseUnreachable(
+            f"database {target} not reachable within {deadline:g}s after {attempts} "
+            f"attempts: {last}"
+        ) from None
+    conn = connected[0]
+    logs.event(
+        logging.INFO,
+        "db.connected",
+        f"connected to {target}",
+        target=target,
+        attempts=attempts,
+        duration_ms=round((time.monotonic() - started) * 1000),
+        server_version=conn.info.server_version,
+    )
+    return conn

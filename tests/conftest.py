@@ -1,0 +1,147 @@
+"""How the tests find a real PostgreSQL, and how they run the real entrypoint.
+
+The server: TEST_DATABASE_URL when set; otherwise a testcontainers container when a Docker
+engine answers; otherwise a throwaway cluster from the local binaries. Each test that asks for
+`database_url` gets a database of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.pgcluster import TempCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRYPOINT = ROOT / "entrypoint.py"
+SEED_MIGRATIONS = ROOT / "db" / "migrations"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A superuser URL of the server the tests use."""
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.community.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    with TempCluster() as cluster:
+        cluster.init().start()
+        yield cluster.url()
+
+
+@pytest.fixture
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh, empty database for this test only."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    yield make_conninfo("", **params)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrations_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    return directory
+
+
+def write_migration(directory: Path, filename: str, sql: str) -> Path:
+    path = directory / filename
+    path.write_text(sql, encoding="utf-8")
+    return path
+
+
+@dataclass
+class Run:
+    """A finished run of the entrypoint."""
+
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every JSON log line; a line that is not JSON fails the test."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.strip()]
+
+    def event(self, name: str) -> dict[str, Any]:
+        matches = [entry for entry in self.events if entry.get("event") == name]
+        assert matches, f"no {name} event in:\n{self.stderr}"
+        return matches[-1]
+
+    @property
+    def finished(self) -> dict[str, Any]:
+        last = self.events[-1]
+        assert last["event"] == "run.finished", self.stderr
+        return last
+
+
+def runner_env(database_url: str | None, migrations: Path | None, **extra: str) -> dict[str, str]:
+    """A clean environment for the entrypoint: nothing inherited but PATH and the locale."""
+    env = {key: os.environ[key] for key in ("PATH", "LANG", "LC_ALL") if key in os.environ}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    if migrations is not None:
+        env["MIGRATIONS_DIR"] = str(migrations)
+    env.setdefault("DB_WAIT_TIMEOUT", "10")
+    env.setdefault("MIGRATION_LOCK_TIMEOUT", "30")
+    env.update(extra)
+    return env
+
+
+def run_entrypoint(
+    *args: str, env: Mapping[str, str], timeout: float = 120, cwd: Path | None = None
+) -> Run:
+    import time
+
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(ENTRYPOINT), *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or ROOT,
+        check=False,
+    )
+    return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
+
+
+def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql.encode(), params).fetchall()

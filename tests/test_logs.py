@@ -1,0 +1,52 @@
+"""Log lines: one JSON object each, stable fields, no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import datetime
+
+from runner import logs
+
+
+def test_one_json_object_per_line_with_the_stable_fields() -> None:
+    stream = io.StringIO()
+    logs.configure(log_format="json", level="INFO", stream=stream)
+    logs.event(logging.INFO, "migration.applied", "applied\nit", version=3, name="add_x")
+    logs.event(logging.DEBUG, "db.query", "not shown at INFO")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert list(entry)[:4] == ["@timestamp", "log.level", "event", "message"]
+    assert entry["event"] == "migration.applied"
+    assert entry["log.level"] == "INFO"
+    assert entry["message"] == "applied\nit"
+    assert entry["version"] == 3
+    assert entry["name"] == "add_x"
+    stamp = datetime.fromisoformat(entry["@timestamp"])
+    offset = stamp.utcoffset()
+    assert offset is not None
+    assert offset.total_seconds() == 0
+
+
+def test_secrets_are_scrubbed_in_every_form() -> None:
+    stream = io.StringIO()
+    logs.configure(log_format="json", level="INFO", secrets=['pa"ss\\wörd'], stream=stream)
+    logs.event(logging.ERROR, "x", 'raw pa"ss\\wörd', detail='pa"ss\\wörd')
+    logs.event(logging.ERROR, "y", "url postgresql://app:other@db/x and password=other2 end")
+    output = stream.getvalue()
+    assert "wörd" not in output
+    assert "other" not in output
+    assert "postgresql://app:***@db/x" in output
+    assert "password=*** end" in output
+
+
+def test_text_format_for_people() -> None:
+    stream = io.StringIO()
+    logs.configure(log_format="text", level="INFO", stream=stream)
+    logs.event(logging.INFO, "lock.acquired", "migration lock acquired", waited_ms=3)
+    line = stream.getvalue().strip()
+    assert "INFO" in line
+    assert "[lock.acquired]" in line
+    assert "waited_ms=3" in line
