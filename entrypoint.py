@@ -7,7 +7,7 @@ from pathlib import Path
 # Runnable from a checkout or the image without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runner.cli import main  # noqa: E402
+from runner.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

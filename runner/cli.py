@@ -48,12 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     for variable in VARIABLES:
         if variable.is_switch:
             parser.add_argument(
-                variable.flag, dest=variable.name, action="store_const", const="true",
+                variable.flag,
+                dest=variable.name,
+                action="store_const",
+                const="true",
                 help=f"{variable.help} [{variable.name}]",
             )
         else:
             parser.add_argument(
-                variable.flag, dest=variable.name, metavar="VALUE",
+                variable.flag,
+                dest=variable.name,
+                metavar="VALUE",
                 help=f"{variable.help} [{variable.name}]",
             )
     return parser
@@ -158,7 +163,9 @@ def _finish(
     fields: dict[str, object] = {}
     if isinstance(error, RunnerError):
         fields = error.fields()
-        logs.event(logging.ERROR, error.event, str(error), error_type=type(error).__name__, **fields)
+        logs.event(
+            logging.ERROR, error.event, str(error), error_type=type(error).__name__, **fields
+        )
     summary = {
         "outcome": "succeeded" if code == ExitCode.OK else "failed",
         "exit_code": int(code),

@@ -39,7 +39,9 @@ class RunReport:
     pending: int | None = None
 
 
-def up(settings: Settings, report: RunReport, *, sleep: Callable[[float], Any] = time.sleep) -> None:
+def up(
+    settings: Settings, report: RunReport, *, sleep: Callable[[float], Any] = time.sleep
+) -> None:
     """Apply every pending migration, each in its own transaction with its tracking row."""
     files = migrations.load(settings.migrations_dir)
     _check_files(files)
@@ -278,14 +280,12 @@ def read_applied(conn: db.Connection, table: TableName) -> list[AppliedMigration
 
 def _tracking_columns(conn: db.Connection, table: TableName) -> dict[str, str]:
     """The existing table's columns; ForeignTrackingTable when they are not ours."""
-    found = dict(
+    found: dict[str, str] = dict(
         db.execute(conn, sql.TABLE_COLUMNS, {"table": sql.qualified_name(table)}).fetchall()
     )
     if not found:
         return {}
-    wrong = {
-        name: kind for name, kind in sql.TRACKING_COLUMNS.items() if found.get(name) != kind
-    }
+    wrong = {name: kind for name, kind in sql.TRACKING_COLUMNS.items() if found.get(name) != kind}
     if wrong:
         shape = ", ".join(f"{name} {kind}" for name, kind in found.items())
         hint = ""
@@ -317,4 +317,3 @@ def _applied_by(conn: db.Connection) -> str:
     row = db.execute(conn, sql.SESSION_INFO).fetchone()
     user = row[0] if row else "unknown"
     return f"{user}@{socket.gethostname()}"
-

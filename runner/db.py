@@ -8,11 +8,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
-from psycopg import errors, generators, pq, sql
+from psycopg import errors, generators, pq
 from psycopg.rows import TupleRow
+from psycopg.sql import SQL, Composable, Composed
 
 from runner import logs
 from runner.config import ConnectionSettings
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 Connection = psycopg.Connection[TupleRow]
-Query = str | sql.Composable
+Query = LiteralString | bytes | SQL | Composed
 
 
 def connect(settings: ConnectionSettings, *, connect_timeout: int | None = None) -> Connection:
@@ -30,18 +31,12 @@ def connect(settings: ConnectionSettings, *, connect_timeout: int | None = None)
 
 
 def create_pool(
-    settings: ConnectionSettings, *, min_size: int = 1, max_size: int = 10, **kwargs: Any
+    settings: ConnectionSettings, *, min_size: int = 1, max_size: int = 10
 ) -> ConnectionPool:
-    """A connection pool for application code (the runner itself uses one connection)."""
+    """An open connection pool for application code (the runner uses one connection)."""
     from psycopg_pool import ConnectionPool  # only application code pays for the import
 
-    return ConnectionPool(
-        kwargs=settings.kwargs(),
-        min_size=min_size,
-        max_size=max_size,
-        open=kwargs.pop("open", True),
-        **kwargs,
-    )
+    return ConnectionPool(kwargs=settings.kwargs(), min_size=min_size, max_size=max_size, open=True)
 
 
 def execute(
@@ -51,7 +46,7 @@ def execute(
     started = time.perf_counter()
     cursor = conn.execute(query, params)
     if logs.logger.isEnabledFor(logging.DEBUG):
-        text = query if isinstance(query, str) else query.as_string(conn)
+        text = query.as_string(conn) if isinstance(query, Composable) else str(query)
         logs.event(
             logging.DEBUG,
             "db.query",

@@ -1,4 +1,4 @@
-"""The exit-code contract. README.md, k8s/ and the Helm chart mirror this enum; a test keeps them equal."""
+"""The exit-code contract. README.md, k8s/ and the Helm chart mirror it; tests keep them equal."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ class ExitCode(IntEnum):
     OK = 0  # applied, or nothing pending: go on
     USAGE = 64  # unknown command or flag: fail
     MIGRATION_FAILED = 65  # a migration's SQL failed and its transaction rolled back: fail
-    INVALID_MIGRATIONS = 66  # bad names, duplicates, edited or missing applied files, out of order: fail
+    INVALID_MIGRATIONS = (
+        66  # bad names, duplicates, edited or missing applied files, out of order: fail
+    )
     NEEDS_ATTENTION = 67  # tracking table of unknown shape, half-applied migration: fail
     DB_UNREACHABLE = 69  # database not reachable within DB_WAIT_TIMEOUT: retry
     INTERNAL = 70  # a bug: fail

@@ -19,7 +19,9 @@ from runner.errors import (
     OutOfOrder,
 )
 
-FILE_NAME = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.(?P<direction>up|down)\.sql")
+FILE_NAME = re.compile(
+    r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.(?P<direction>up|down)\.sql"
+)
 APPLIED = "applied"
 
 
@@ -111,21 +113,19 @@ def find_problems(
                     version=row.version,
                 )
             )
-    if not allow_out_of_order:
-        highest = max((row.version for row in applied), default=None)
-        applied_versions = {row.version for row in applied}
-        for migration in migrations:
-            if highest is not None and migration.version < highest:
-                if migration.version not in applied_versions:
-                    file_problems.append(
-                        OutOfOrder(
-                            f"{migration.up.filename} is pending but version {highest} is "
-                            "already applied; renumber it above the highest applied version, "
-                            "or run with --allow-out-of-order",
-                            file=migration.up.filename,
-                            version=migration.version,
-                        )
-                    )
+    highest = max((row.version for row in applied), default=None)
+    applied_versions = {row.version for row in applied}
+    if highest is not None and not allow_out_of_order:
+        file_problems.extend(
+            OutOfOrder(
+                f"{migration.up.filename} is pending but version {highest} is already applied; "
+                "renumber it above the highest applied version, or run with --allow-out-of-order",
+                file=migration.up.filename,
+                version=migration.version,
+            )
+            for migration in migrations
+            if migration.version < highest and migration.version not in applied_versions
+        )
     return file_problems
 
 

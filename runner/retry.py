@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import tenacity
+from tenacity.retry import RetryBaseT
 
 RetryCallback = Callable[[tenacity.RetryCallState], None]
 
@@ -29,7 +30,7 @@ class _Deadline(tenacity.stop.stop_base):
 def backoff(
     *,
     deadline: float,
-    retry: tenacity.retry.RetryBaseT,
+    retry: RetryBaseT,
     sleep: Callable[[float], Any] = time.sleep,
     initial: float = 0.1,
     maximum: float = 5.0,

@@ -64,7 +64,9 @@ def split(script: str) -> list[Statement]:
             i += 1
             continue
         if char in "'\"":
-            escaped = char == "'" and i > 0 and script[i - 1] in "eE" and _starts_word(script, i - 1)
+            escaped = (
+                char == "'" and i > 0 and script[i - 1] in "eE" and _starts_word(script, i - 1)
+            )
             i = _skip_quoted(script, i, char, backslash=escaped)
             continue
         if char == "$":

@@ -144,4 +144,5 @@ def run_entrypoint(
 
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(sql.encode(), params).fetchall()
+        cursor = conn.execute(sql.encode(), params or None)
+        return cursor.fetchall() if cursor.description else []

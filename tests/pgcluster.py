@@ -60,9 +60,12 @@ class TempCluster:
         auth = "scram-sha-256" if self.password else "trust"
         command = [
             str(self.bindir / "initdb"),
-            "-D", str(self.data),
-            "-U", SUPERUSER,
-            "-E", "UTF8",
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
             "--no-sync",
             "--auth-local=trust",
             f"--auth-host={auth}",
@@ -97,12 +100,27 @@ class TempCluster:
         """Run SQL as the superuser over the Unix socket (trusted)."""
         psql = self.bindir / "psql"
         result = self._run(
-            [str(psql), "-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER,
-             "-d", dbname, "-v", "ON_ERROR_STOP=1", "-Atc", sql]
+            [
+                str(psql),
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                dbname,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ]
         )
         return result.stdout
 
-    def url(self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres") -> str:
+    def url(
+        self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres"
+    ) -> str:
         secret = password if password is not None else self.password
         auth = f"{quote(user)}:{quote(secret, safe='')}" if secret else quote(user)
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"

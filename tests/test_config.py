@@ -32,8 +32,14 @@ def test_defaults() -> None:
 
 def test_parts_build_the_connection_and_override_the_url() -> None:
     settings = from_env(
-        {**BASE, "DB_HOST": "other", "DB_PASSWORD": "pw", "DB_SSL": "verify-full",
-         "DB_SSL_ROOT_CERT": "/ca.pem", "DB_CONNECT_TIMEOUT": "7"}
+        {
+            **BASE,
+            "DB_HOST": "other",
+            "DB_PASSWORD": "pw",
+            "DB_SSL": "verify-full",
+            "DB_SSL_ROOT_CERT": "/ca.pem",
+            "DB_CONNECT_TIMEOUT": "7",
+        }
     )
     assert settings.connection is not None
     kwargs = settings.connection.kwargs()
