@@ -1,0 +1,58 @@
+"""The database utilities for application code: pool, logged execution, transactions."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import psycopg
+import pytest
+
+from runner import db, logs
+from runner.config import from_env
+
+
+def test_execute_logs_the_statement_and_duration_but_never_the_parameters(
+    database_url: str,
+) -> None:
+    stream = io.StringIO()
+    logs.configure(log_format="json", level="DEBUG", stream=stream)
+    settings = from_env({"DATABASE_URL": database_url})
+    assert settings.connection is not None
+    with db.connect(settings.connection) as conn:
+        row = db.execute(conn, "SELECT %(secret)s::text", {"secret": "card-4242"}).fetchone()
+    assert row == ("card-4242",)
+    entry = json.loads(stream.getvalue().splitlines()[-1])
+    assert entry["event"] == "db.query"
+    assert entry["statement"] == "SELECT %(secret)s::text"
+    assert entry["duration_ms"] >= 0
+    assert "card-4242" not in stream.getvalue()
+    logging.getLogger(logs.LOGGER_NAME).handlers.clear()
+
+
+def test_the_transaction_helper_commits_or_rolls_back(database_url: str) -> None:
+    settings = from_env({"DATABASE_URL": database_url})
+    assert settings.connection is not None
+    with db.connect(settings.connection) as conn:
+        conn.execute("CREATE TABLE t (id int)")
+        with db.transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+
+        def insert_then_fail() -> None:
+            with db.transaction(conn):
+                conn.execute("INSERT INTO t VALUES (2)")
+                conn.execute("SELECT 1 / 0")
+
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            insert_then_fail()
+        assert conn.execute("SELECT id FROM t").fetchall() == [(1,)]
+
+
+def test_the_pool_serves_application_connections(database_url: str) -> None:
+    settings = from_env({"DATABASE_URL": database_url})
+    assert settings.connection is not None
+    with db.create_pool(settings.connection, min_size=1, max_size=2) as pool:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT current_setting('application_name')").fetchone()
+        assert row == ("migration-runner",)
