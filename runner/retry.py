@@ -16,15 +16,29 @@ from tenacity.retry import RetryBaseT
 RetryCallback = Callable[[tenacity.RetryCallState], None]
 
 
+def _elapsed(retry_state: tenacity.RetryCallState) -> float:
+    return max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
+
+
 class _Deadline(tenacity.stop.stop_base):
-    """Stop when the next sleep would end past the deadline."""
+    """Stop once the deadline has passed."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        elapsed = max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
-        return elapsed + (retry_state.upcoming_sleep or 0.0) > self.seconds
+        return _elapsed(retry_state) >= self.seconds
+
+
+class _UntilDeadline(tenacity.wait.wait_base):
+    """The inner wait, cut short so that the last attempt happens at the deadline."""
+
+    def __init__(self, inner: tenacity.wait.wait_base, seconds: float) -> None:
+        self.inner = inner
+        self.seconds = seconds
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        return max(min(self.inner(retry_state), self.seconds - _elapsed(retry_state)), 0.0)
 
 
 def backoff(
@@ -37,10 +51,13 @@ def backoff(
     before_sleep: RetryCallback | None = None,
 ) -> tenacity.Retrying:
     """Exponential backoff from `initial` doubling to `maximum`, full jitter, until `deadline`
-    seconds have passed; exceptions that `retry` rejects are raised at once."""
+    seconds have passed, the last try at the deadline; exceptions that `retry` rejects are
+    raised at once."""
     return tenacity.Retrying(
         retry=retry,
-        wait=tenacity.wait_random_exponential(multiplier=initial, max=maximum),
+        wait=_UntilDeadline(
+            tenacity.wait_random_exponential(multiplier=initial, max=maximum), deadline
+        ),
         stop=_Deadline(deadline),
         sleep=sleep,
         before_sleep=before_sleep,
@@ -49,5 +66,4 @@ def backoff(
 
 def remaining(retry_state: tenacity.RetryCallState, deadline: float) -> float:
     """Seconds left before `deadline`, never negative."""
-    elapsed = max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
-    return max(deadline - elapsed, 0.0)
+    return max(deadline - _elapsed(retry_state), 0.0)
