@@ -374,3 +374,19 @@ def test_python_dash_m_runner_works_too(database_url: str, tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr
     assert applied_versions(database_url) == [1]
+
+
+@pytest.mark.parametrize("status", ["running", "failed"])
+def test_a_half_applied_migration_stops_the_run_with_67(
+    database_url: str, migrations_dir: Path, status: str
+) -> None:
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    write_migration(migrations_dir, "2_b.up.sql", "CREATE TABLE b (id int);")
+    assert up(database_url, migrations_dir).code == 0
+    query(database_url, "UPDATE schema_migrations SET status = %s WHERE version = 2", (status,))
+    write_migration(migrations_dir, "3_c.up.sql", "CREATE TABLE c (id int);")
+    run = up(database_url, migrations_dir)
+    assert run.code == 67
+    assert f"recorded as {status}" in run.finished["error"]
+    assert run.finished["failed_version"] == 2
+    assert query(database_url, "SELECT to_regclass('c')") == [(None,)]
