@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 from runner import __version__, commands, logs
 from runner.config import VARIABLES, Settings, from_env, load_secret_files
@@ -87,10 +87,18 @@ class _Signals:
     running statement; the transaction then rolls back and the connection closes."""
 
     received: int | None = None
+    _previous: dict[int, Any]
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
+        self._previous = {
+            number: signal.signal(number, self._handle)
+            for number in (signal.SIGTERM, signal.SIGINT)
+        }
+
+    def restore(self) -> None:
+        """Put back the handlers found, for callers of main() in a longer-lived process."""
+        for number, handler in getattr(self, "_previous", {}).items():
+            signal.signal(number, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
@@ -133,6 +141,8 @@ def main(
     except Exception as bug:
         error = bug
         logs.logger.exception("internal error", extra={"event": "run.crashed"})
+    finally:
+        signals.restore()
     code = exit_code_for(error) if error else ExitCode.OK
     _finish(code, error, report, settings)
     return int(code)
