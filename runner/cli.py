@@ -19,11 +19,28 @@ from runner.errors import Interrupted, RunnerError, UsageError, exit_code_for
 from runner.exit_codes import ExitCode
 
 COMMANDS = {
-    "up": "apply every pending migration (default)",
+    "up": "apply every pending migration (default); --single-transaction: all or nothing",
+    "down": "roll back the newest N applied migrations (default 1; --all for every one)",
+    "goto": "up or down to exactly VERSION (0: before the first)",
     "status": "list applied and pending migrations with checksums",
     "plan": "show what `up` would run, without running it",
     "validate": "check the migration set (exit 66 on any problem), change nothing",
+    "new": "create the next NAME.up.sql / .down.sql pair",
+    "baseline": "record every migration up to VERSION as applied, without running them",
+    "repair": "clear failed migrations; --update-checksums accepts edited applied files",
+    "adopt": "take over golang-migrate's or dbmate's schema_migrations",
+    "await": "read-only: wait until every migration in the image is applied",
     "wait": "only wait until the database accepts connections",
+}
+# Commands that take an argument, and what it is.
+ARGUMENTS = {"down": "N", "goto": "VERSION", "new": "NAME", "baseline": "VERSION"}
+# Flags that belong to some commands only.
+COMMAND_FLAGS = {
+    "json": ("status", "plan"),
+    "offline": ("validate",),
+    "all": ("down",),
+    "single_transaction": ("up",),
+    "update_checksums": ("repair",),
 }
 TERMINATION_MESSAGE_LIMIT = 4096
 
@@ -40,10 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="commands: " + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
     )
     parser.add_argument("command", nargs="?", default="up", choices=list(COMMANDS))
+    parser.add_argument("argument", nargs="?", help="down: N; goto, baseline: VERSION; new: NAME")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--json", action="store_true", help="status, plan: print JSON")
     parser.add_argument(
         "--offline", action="store_true", help="validate: check the files only, no database"
+    )
+    parser.add_argument("--all", action="store_true", help="down: every applied migration")
+    parser.add_argument(
+        "--single-transaction", action="store_true", help="up: all pending in one transaction"
+    )
+    parser.add_argument(
+        "--update-checksums", action="store_true", help="repair: accept edited applied files"
     )
     for variable in VARIABLES:
         if variable.is_switch:
@@ -123,12 +148,11 @@ def main(
         signals.install()
         arguments = build_parser().parse_args(argv)
         report.command = arguments.command
-        if arguments.json and arguments.command not in ("status", "plan"):
-            raise UsageError("--json goes with status or plan")
-        if arguments.offline and arguments.command != "validate":
-            raise UsageError("--offline goes with validate")
+        _check_arguments(arguments)
         merged = load_secret_files(environment_with_flags(arguments, environ))
-        needs_database = not (arguments.command == "validate" and arguments.offline)
+        needs_database = arguments.command != "new" and not (
+            arguments.command == "validate" and arguments.offline
+        )
         settings = from_env(merged, require_database=needs_database)
         logs.configure(
             log_format=settings.log_format, level=settings.log_level, secrets=settings.secrets
@@ -148,12 +172,48 @@ def main(
     return int(code)
 
 
+def _check_arguments(arguments: argparse.Namespace) -> None:
+    command = arguments.command
+    for flag, allowed in COMMAND_FLAGS.items():
+        if getattr(arguments, flag) and command not in allowed:
+            option = "--" + flag.replace("_", "-")
+            raise UsageError(f"{option} goes with {' or '.join(allowed)}, not {command}")
+    wanted = ARGUMENTS.get(command)
+    value = arguments.argument
+    if value is not None and wanted is None:
+        raise UsageError(f"{command} takes no argument, got {value!r}")
+    if command in ("goto", "baseline", "new") and value is None:
+        raise UsageError(f"{command} needs {wanted}")
+    if command == "down" and value is not None and arguments.all:
+        raise UsageError("down takes N or --all, not both")
+    if command in ("goto", "baseline", "down") and value is not None and not value.isdigit():
+        raise UsageError(f"{command}: {wanted} must be a whole number, got {value!r}")
+    if command == "down" and value is not None and int(value) < 1:
+        raise UsageError("down: N must be 1 or more")
+
+
 def _run(
     arguments: argparse.Namespace, settings: Settings, report: commands.RunReport, out: IO[str]
 ) -> None:
     command = arguments.command
+    value = arguments.argument
     if command == "up":
-        commands.up(settings, report)
+        commands.up(settings, report, single_transaction=arguments.single_transaction)
+    elif command == "down":
+        count = None if arguments.all else int(value or 1)
+        commands.down(settings, report, count)
+    elif command == "goto":
+        commands.goto(settings, report, int(value))
+    elif command == "baseline":
+        commands.baseline(settings, report, int(value))
+    elif command == "repair":
+        commands.repair(settings, report, update_checksums=arguments.update_checksums)
+    elif command == "adopt":
+        commands.adopt(settings, report)
+    elif command == "await":
+        commands.await_schema(settings, report)
+    elif command == "new":
+        commands.new(settings, value, out)
     elif command == "status":
         commands.status(settings, report, out, as_json=arguments.json)
     elif command == "plan":
@@ -182,6 +242,7 @@ def _finish(
         "retryable": code.retryable,
         "command": report.command,
         "applied": report.applied,
+        "reverted": report.reverted,
         "failed_version": fields.get("version"),
         "error": str(error) if error else None,
     }

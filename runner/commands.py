@@ -1,33 +1,47 @@
-"""What each command does: connect, lock, read, plan, apply. The planner decides; this acts."""
+"""What each command does: connect, lock, read, plan, act. The planner decides; this acts."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import psycopg
+import tenacity
 
-from runner import db, lock, logs, migrations, sql, sqlscript, wait
+from runner import db, lock, logs, migrations, retry, sql, tracking, wait
+from runner.apply import Applier
 from runner.config import Settings, TableName
 from runner.errors import (
+    AwaitTimeout,
     DatabaseUnreachable,
     ForeignTrackingTable,
-    MigrationFailed,
+    HalfApplied,
     MigrationSetError,
+    MissingMigration,
+    RunnerError,
+    UnknownVersion,
+    UsageError,
 )
 from runner.planner import (
+    APPLIED,
     AppliedMigration,
     Migration,
     MigrationFile,
     find_problems,
     parse_files,
     plan,
+    plan_down,
+    plan_goto,
 )
+
+Sleep = Callable[[float], Any]
+SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
 
 @dataclass
@@ -36,120 +50,323 @@ class RunReport:
 
     command: str
     applied: list[int] = field(default_factory=list)
+    reverted: list[int] = field(default_factory=list)
     pending: int | None = None
 
 
+# -- changing the schema ----------------------------------------------------------------------
+
+
 def up(
-    settings: Settings, report: RunReport, *, sleep: Callable[[float], Any] = time.sleep
+    settings: Settings,
+    report: RunReport,
+    *,
+    single_transaction: bool = False,
+    sleep: Sleep = time.sleep,
 ) -> None:
     """Apply every pending migration, each in its own transaction with its tracking row."""
-    files = migrations.load(settings.migrations_dir)
-    _check_files(files)
-    table = settings.migrations_table
-    with _connect(settings, sleep) as conn:
-        key = lock.acquire(conn, table, timeout=settings.lock_timeout, sleep=sleep)
-        ensure_tracking_table(conn, table)
-        applied = read_applied(conn, table)
+    files = _load(settings)
+    with _locked(settings, sleep) as conn:
+        tracking.ensure(conn, settings.migrations_table)
+        applied = tracking.read(conn, settings.migrations_table)
         todo = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
-        report.pending = len(todo)
+        _log_plan(report, todo, applied)
+        with _applier(conn, settings, sleep) as applier:
+            if single_transaction and todo:
+                applier.up_all_in_one(todo)
+                report.applied.extend(m.version for m in todo)
+            for migration in () if single_transaction else todo:
+                applier.up(migration)
+                report.applied.append(migration.version)
+
+
+def down(
+    settings: Settings, report: RunReport, count: int | None, *, sleep: Sleep = time.sleep
+) -> None:
+    """Roll back the newest `count` applied migrations (all when None), newest first."""
+    files = _load(settings)
+    with _locked(settings, sleep) as conn:
+        applied = tracking.read(conn, settings.migrations_table)
+        todo = plan_down(files, applied, count)
         logs.event(
             logging.INFO,
             "plan.ready",
-            f"{len(todo)} migration(s) pending, {len(applied)} applied",
-            pending=[m.version for m in todo],
+            f"{len(todo)} migration(s) to roll back",
+            reverting=[m.version for m in todo],
             applied_count=len(applied),
         )
-        applied_by = _applied_by(conn)
-        for migration in todo:
-            apply(conn, table, migration, applied_by=applied_by)
-            report.applied.append(migration.version)
-        lock.release(conn, key)
+        with _applier(conn, settings, sleep) as applier:
+            for migration in todo:
+                applier.down(migration)
+                report.reverted.append(migration.version)
 
 
-def apply(conn: db.Connection, table: TableName, migration: Migration, *, applied_by: str) -> None:
-    """Run one up file and record it, in one transaction; roll both back if either fails."""
-    file = migration.up
-    text = migrations.decode(file)
-    logs.event(
-        logging.INFO,
-        "migration.started",
-        f"applying {file.filename}",
-        version=migration.version,
-        name=migration.name,
-        file=file.filename,
-    )
-    started = time.perf_counter()
-    try:
+def goto(settings: Settings, report: RunReport, target: int, *, sleep: Sleep = time.sleep) -> None:
+    """Up or down to exactly `target` (0: before the first migration)."""
+    files = _load(settings)
+    with _locked(settings, sleep) as conn:
+        tracking.ensure(conn, settings.migrations_table)
+        applied = tracking.read(conn, settings.migrations_table)
+        steps = plan_goto(files, applied, target, allow_out_of_order=settings.allow_out_of_order)
+        logs.event(
+            logging.INFO,
+            "plan.ready",
+            f"going to version {target}",
+            target=target,
+            pending=[m.version for m in steps.up],
+            reverting=[m.version for m in steps.down],
+            applied_count=len(applied),
+        )
+        with _applier(conn, settings, sleep) as applier:
+            for migration in steps.up:
+                applier.up(migration)
+                report.applied.append(migration.version)
+            for migration in steps.down:
+                applier.down(migration)
+                report.reverted.append(migration.version)
+
+
+def baseline(
+    settings: Settings, report: RunReport, version: int, *, sleep: Sleep = time.sleep
+) -> None:
+    """Record every migration up to `version` as applied without running it, in one
+    transaction: for a database whose schema was made by other means."""
+    files = _load(settings)
+    migrations_on_disk = parse_files(files)
+    if version not in {m.version for m in migrations_on_disk}:
+        raise UnknownVersion(f"no migration with version {version} on disk", version=version)
+    with _locked(settings, sleep) as conn:
+        tracking.ensure(conn, settings.migrations_table)
+        applied = tracking.read(conn, settings.migrations_table)
+        _refuse(find_problems(files, applied, allow_out_of_order=True))
+        recorded = {row.version for row in applied}
+        chosen = [
+            m for m in migrations_on_disk if m.version <= version and m.version not in recorded
+        ]
+        applied_by = f"baseline by {_applied_by(conn)}"
         with db.transaction(conn):
-            statements = db.run_script(conn, text)
-            execution_ms = round((time.perf_counter() - started) * 1000)
-            db.execute(
-                conn,
-                sql.insert_applied(table),
-                {
-                    "version": migration.version,
-                    "name": migration.name,
-                    "checksum": file.checksum,
-                    "execution_ms": execution_ms,
-                    "applied_by": applied_by,
-                },
+            for migration in chosen:
+                _record_without_running(conn, settings, migration, applied_by)
+        report.applied.extend(m.version for m in chosen)
+        logs.event(
+            logging.INFO,
+            "baseline.recorded",
+            f"recorded {len(chosen)} migration(s) up to {version} as applied without running them",
+            versions=[m.version for m in chosen],
+            target=version,
+        )
+
+
+def repair(
+    settings: Settings, report: RunReport, *, update_checksums: bool, sleep: Sleep = time.sleep
+) -> None:
+    """Clear failed or running rows (after a person fixed the schema, so that the migration
+    runs again); with `update_checksums`, accept edited files of applied migrations."""
+    files = _load(settings)
+    on_disk = {m.version: m for m in parse_files(files)}
+    table = settings.migrations_table
+    changed = 0
+    with _locked(settings, sleep) as conn:
+        applied = tracking.read(conn, table)
+        with db.transaction(conn):
+            for row in applied:
+                if row.status != APPLIED:
+                    db.execute(conn, sql.delete_row(table), {"version": row.version})
+                    changed += 1
+                    logs.event(
+                        logging.WARNING,
+                        "repair.cleared",
+                        f"removed the {row.status} row of migration {row.version} "
+                        f"({row.name}): it will run again",
+                        version=row.version,
+                        name=row.name,
+                        status=row.status,
+                    )
+                    continue
+                migration = on_disk.get(row.version)
+                if update_checksums and migration and migration.up.checksum != row.checksum:
+                    db.execute(
+                        conn,
+                        sql.update_checksum(table),
+                        {"version": row.version, "checksum": migration.up.checksum},
+                    )
+                    changed += 1
+                    logs.event(
+                        logging.WARNING,
+                        "repair.checksum_updated",
+                        f"accepted the edited {migration.up.filename}",
+                        version=row.version,
+                        file=migration.up.filename,
+                        old_checksum=row.checksum,
+                        new_checksum=migration.up.checksum,
+                    )
+    if not changed:
+        logs.event(logging.INFO, "repair.nothing", "nothing to repair")
+
+
+def adopt(settings: Settings, report: RunReport, *, sleep: Sleep = time.sleep) -> None:
+    """Take over a database managed by golang-migrate or dbmate: record its applied versions
+    in this tool's table and keep the old table, untouched, under a new name."""
+    files = _load(settings)
+    on_disk = {m.version: m for m in parse_files(files)}
+    table = settings.migrations_table
+    with _locked(settings, sleep) as conn:
+        found = tracking.columns(conn, table)
+        tool = tracking.foreign_tool(found)
+        if not found or tool is None:
+            tracking.check_shape(table, found)  # refuses an unknown shape
+            logs.event(
+                logging.INFO,
+                "adopt.nothing",
+                f"{table} is already this tool's table" if found else f"no {table} to adopt",
             )
-    except db.ScriptError as failure:
-        raise _failed(migration, text, failure.error, failure.statement_index) from None
-    except psycopg.OperationalError as error:
-        if conn.broken or conn.closed:
+            return
+        rows = db.execute(
+            conn, sql.select_foreign_versions(table, tool == tracking.GOLANG_MIGRATE)
+        ).fetchall()
+        versions = _adopted_versions(tool, rows, sorted(on_disk), table=str(table))
+        backup = f"{table.name}_{tool.replace('-', '_')}"
+        if tracking.columns(conn, TableName(table.schema, backup)):
+            raise ForeignTrackingTable(
+                f"cannot keep {table} as {backup}: that table exists already"
+            )
+        applied_by = f"adopted from {tool} by {_applied_by(conn)}"
+        with db.transaction(conn):
+            db.execute(conn, sql.rename_table(table, backup))
+            db.execute(conn, sql.create_tracking_table(table))
+            for version in versions:
+                _record_without_running(conn, settings, on_disk[version], applied_by)
+        report.applied.extend(versions)
+        logs.event(
+            logging.INFO,
+            "adopt.done",
+            f"adopted {len(versions)} version(s) from {tool}; its table is kept as {backup}",
+            tool=tool,
+            versions=versions,
+            kept_as=backup,
+        )
+
+
+def _adopted_versions(
+    tool: str, rows: Sequence[tuple[Any, ...]], on_disk: Sequence[int], *, table: str
+) -> list[int]:
+    if tool == tracking.GOLANG_MIGRATE:
+        if not rows:
+            return []
+        version, dirty = int(rows[0][0]), bool(rows[0][1])
+        if dirty:
+            raise HalfApplied(
+                f"golang-migrate's {table} says version {version} is dirty (it failed half-way): "
+                f"fix the schema, then `migrate force {version}` or `migrate force "
+                f"{version - 1}`, and adopt again",
+                version=version,
+            )
+        if version not in on_disk:
+            raise MissingMigration(
+                f"golang-migrate's {table} is at version {version}, which has no file here",
+                version=version,
+            )
+        return [v for v in on_disk if v <= version]
+    versions = []
+    for raw, _ in rows:
+        if not str(raw).isdigit() or int(raw) not in on_disk:
+            raise MissingMigration(f"dbmate's {table} has version {raw}, which has no file here")
+        versions.append(int(raw))
+    return sorted(versions)
+
+
+def _record_without_running(
+    conn: db.Connection, settings: Settings, migration: Migration, applied_by: str
+) -> None:
+    db.execute(
+        conn,
+        sql.insert_applied(settings.migrations_table),
+        {
+            "version": migration.version,
+            "name": migration.name,
+            "checksum": migration.up.checksum,
+            "execution_ms": 0,
+            "applied_by": applied_by,
+        },
+    )
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.sleep) -> None:
+    """Read-only, no lock: wait until every version in MIGRATIONS_DIR is applied (exit 0), or
+    AWAIT_TIMEOUT passes (75); a database newer than the image is an error (66)."""
+    files = _load(settings)
+    wanted = [m.version for m in parse_files(files)]
+    state: dict[str, Any] = {"unreachable": None}
+
+    def missing_versions() -> list[int]:
+        assert settings.connection is not None
+        try:
+            with wait.wait_for_database(settings.connection, deadline=0, sleep=sleep) as conn:
+                applied = tracking.read(conn, settings.migrations_table)
+        except DatabaseUnreachable as unreachable:
+            state["unreachable"] = unreachable
+            return wanted
+        state["unreachable"] = None
+        running = [row for row in applied if row.status == "running"]
+        problems = [
+            p
+            for p in find_problems(
+                files, [r for r in applied if r not in running], allow_out_of_order=True
+            )
+        ]
+        _refuse(problems)
+        done = {row.version for row in applied if row.status == APPLIED}
+        return [version for version in wanted if version not in done]
+
+    def log_waiting(retry_state: tenacity.RetryCallState) -> None:
+        outstanding = retry_state.outcome.result() if retry_state.outcome else []
+        logs.event(
+            logging.INFO,
+            "await.waiting",
+            f"waiting for {len(outstanding)} migration(s) to be applied",
+            missing=outstanding[:50],
+            attempt=retry_state.attempt_number,
+            retry_in_s=round(retry_state.upcoming_sleep, 3),
+        )
+
+    policy = retry.backoff(
+        deadline=settings.await_timeout,
+        retry=tenacity.retry_if_result(bool),
+        sleep=sleep,
+        initial=0.5,
+        maximum=5.0,
+        before_sleep=log_waiting,
+    )
+    try:
+        policy(missing_versions)
+    except tenacity.RetryError as gave_up:
+        if state["unreachable"] is not None:
             raise DatabaseUnreachable(
-                f"connection lost while applying {file.filename}: {error}; run again: the "
-                "tracking table tells whether it committed"
+                f"database not reachable within AWAIT_TIMEOUT: {state['unreachable']}"
             ) from None
-        raise _failed(migration, text, error, None) from None
-    except psycopg.Error as error:  # e.g. a deferred constraint failing at COMMIT
-        raise _failed(migration, text, error, None) from None
+        outstanding = gave_up.last_attempt.result()
+        report.pending = len(outstanding)
+        raise AwaitTimeout(
+            f"{len(outstanding)} migration(s) still not applied after {settings.await_timeout:g}s: "
+            f"{', '.join(map(str, outstanding[:20]))}"
+        ) from None
+    report.pending = 0
     logs.event(
         logging.INFO,
-        "migration.applied",
-        f"applied {file.filename}",
-        version=migration.version,
-        name=migration.name,
-        file=file.filename,
-        checksum=file.checksum,
-        statements=statements,
-        duration_ms=round((time.perf_counter() - started) * 1000),
+        "await.ready",
+        "every migration in this image is applied",
+        versions=len(wanted),
     )
-
-
-def _failed(
-    migration: Migration, text: str, error: psycopg.Error, statement_index: int | None
-) -> MigrationFailed:
-    line = _error_line(text, error, statement_index)
-    server_message = (error.diag.message_primary or str(error)).strip()
-    where = f"{migration.up.filename}" + (f" line {line}" if line else "")
-    return MigrationFailed(
-        f"migration {migration.version} failed at {where}: {error.sqlstate or 'no SQLSTATE'}: "
-        f"{server_message}; its transaction was rolled back and nothing of it remains",
-        version=migration.version,
-        file=migration.up.filename,
-        sqlstate=error.sqlstate,
-        line=line,
-    )
-
-
-def _error_line(text: str, error: psycopg.Error, statement_index: int | None) -> int | None:
-    position = error.diag.statement_position
-    if position and position.isdigit():  # 1-based, in characters of the whole script
-        return sqlscript.line_of(text, int(position) - 1)
-    if statement_index is None:
-        return None
-    statements = sqlscript.split(text)
-    return statements[statement_index].line if statement_index < len(statements) else None
 
 
 def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool) -> None:
     """Every migration on disk or in the database, with its state and checksums."""
-    files = migrations.load(settings.migrations_dir)
-    _check_files(files)
+    files = _load(settings)
     with _connect(settings, time.sleep) as conn:
-        applied = read_applied(conn, settings.migrations_table)
+        applied = tracking.read(conn, settings.migrations_table)
     rows = status_rows(files, applied)
     report.pending = sum(1 for row in rows if row["state"] == "pending")
     if as_json:
@@ -176,7 +393,7 @@ def status_rows(
         migration, row = on_disk.get(version), in_db.get(version)
         if row is None:
             state = "pending"
-        elif row.status != "applied":
+        elif row.status != APPLIED:
             state = row.status
         elif migration is None:
             state = "missing"
@@ -202,14 +419,19 @@ def status_rows(
 
 def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool) -> None:
     """What `up` would run now, without running it or taking the lock."""
-    files = migrations.load(settings.migrations_dir)
-    _check_files(files)
+    files = _load(settings)
     with _connect(settings, time.sleep) as conn:
-        applied = read_applied(conn, settings.migrations_table)
+        applied = tracking.read(conn, settings.migrations_table)
     pending = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
     report.pending = len(pending)
     entries = [
-        {"version": m.version, "name": m.name, "file": m.up.filename, "checksum": m.up.checksum}
+        {
+            "version": m.version,
+            "name": m.name,
+            "file": m.up.filename,
+            "checksum": m.up.checksum,
+            "no_transaction": m.up.no_transaction,
+        }
         for m in pending
     ]
     if as_json:
@@ -227,12 +449,11 @@ def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
     applied: list[AppliedMigration] = []
     if not offline:
         with _connect(settings, time.sleep) as conn:
-            applied = read_applied(conn, settings.migrations_table)
+            applied = tracking.read(conn, settings.migrations_table)
     problems = find_problems(files, applied, allow_out_of_order=settings.allow_out_of_order)
     for problem in problems:
         logs.event(logging.ERROR, "validate.problem", str(problem), **problem.fields())
-    if problems:
-        raise problems[0]
+    _refuse(problems)
     logs.event(
         logging.INFO,
         "validate.ok",
@@ -242,75 +463,100 @@ def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
     )
 
 
-def wait_only(settings: Settings, *, sleep: Callable[[float], Any] = time.sleep) -> None:
+def wait_only(settings: Settings, *, sleep: Sleep = time.sleep) -> None:
     """Wait until the database accepts a connection, then close it."""
     assert settings.connection is not None
     wait.wait_for_database(settings.connection, deadline=settings.wait_timeout, sleep=sleep).close()
 
 
-def ensure_tracking_table(conn: db.Connection, table: TableName) -> None:
-    """Create the tracking table if missing; refuse one of another shape (never rewrite it)."""
-    if _tracking_columns(conn, table):
-        return
-    if table.schema:
-        db.execute(conn, sql.create_schema(table))
-    db.execute(conn, sql.create_tracking_table(table))
-    logs.event(logging.INFO, "tracking_table.created", f"created {table}", table=str(table))
+# -- authoring --------------------------------------------------------------------------------
+
+UP_TEMPLATE = "-- {filename}: {name}\n-- Runs in one transaction with its tracking row.\n\n"
+DOWN_TEMPLATE = "-- {filename}: undo {name}, exactly what the up file does, in reverse.\n\n"
 
 
-def read_applied(conn: db.Connection, table: TableName) -> list[AppliedMigration]:
-    """The tracking table's rows; none when it does not exist yet."""
-    if not _tracking_columns(conn, table):
-        return []
-    return [
-        AppliedMigration(
-            version=version,
-            name=name,
-            checksum=checksum,
-            status=state,
-            applied_at=applied_at,
-            execution_ms=execution_ms,
-            applied_by=applied_by,
+def new(settings: Settings, name: str, out: IO[str]) -> None:
+    """Create the next {version}_{name}.up.sql and .down.sql pair, version one above the
+    highest on disk, six digits."""
+    if not SNAKE_CASE.fullmatch(name):
+        raise UsageError(
+            f"migration name {name!r}: expected snake_case (lowercase letters, digits and "
+            "single underscores, starting with a letter), e.g. add_orders_table"
         )
-        for version, name, checksum, state, applied_at, execution_ms, applied_by in db.execute(
-            conn, sql.select_applied(table)
-        )
-    ]
-
-
-def _tracking_columns(conn: db.Connection, table: TableName) -> dict[str, str]:
-    """The existing table's columns; ForeignTrackingTable when they are not ours."""
-    found: dict[str, str] = dict(
-        db.execute(conn, sql.TABLE_COLUMNS, {"table": sql.qualified_name(table)}).fetchall()
+    directory = settings.migrations_dir
+    existing = parse_files(migrations.load(directory))
+    version = max((m.version for m in existing), default=0) + 1
+    created = []
+    for direction, template in (("up", UP_TEMPLATE), ("down", DOWN_TEMPLATE)):
+        path = directory / f"{version:06d}_{name}.{direction}.sql"
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(template.format(filename=path.name, name=name.replace("_", " ")))
+        created.append(path)
+        out.write(f"{path}\n")
+    logs.event(
+        logging.INFO,
+        "migration.created",
+        f"created {created[0].name} and its down file",
+        version=version,
+        files=[str(path) for path in created],
     )
-    if not found:
-        return {}
-    wrong = {name: kind for name, kind in sql.TRACKING_COLUMNS.items() if found.get(name) != kind}
-    if wrong:
-        shape = ", ".join(f"{name} {kind}" for name, kind in found.items())
-        hint = ""
-        if set(found) == {"version", "dirty"}:
-            hint = " (this looks like golang-migrate's table)"
-        elif set(found) == {"version"}:
-            hint = " (this looks like dbmate's table)"
-        raise ForeignTrackingTable(
-            f"table {table} exists but is not this tool's tracking table{hint}: it has "
-            f"({shape}); it will not be changed. Set MIGRATIONS_TABLE to another name, or "
-            "move that table away"
-        )
-    return found
 
 
-def _check_files(files: Sequence[MigrationFile]) -> None:
-    """Refuse bad names, duplicates and orphan down files before connecting."""
-    problems = [p for p in find_problems(files, []) if isinstance(p, MigrationSetError)]
+# -- shared -----------------------------------------------------------------------------------
+
+
+def _load(settings: Settings) -> list[MigrationFile]:
+    """The files, refused before connecting if their names or pairs are wrong."""
+    files = migrations.load(settings.migrations_dir)
+    _refuse([p for p in find_problems(files, []) if isinstance(p, MigrationSetError)])
+    return files
+
+
+def _refuse(problems: Sequence[RunnerError]) -> None:
     if problems:
         raise problems[0]
 
 
-def _connect(settings: Settings, sleep: Callable[[float], Any]) -> db.Connection:
+def _connect(settings: Settings, sleep: Sleep) -> db.Connection:
     assert settings.connection is not None
     return wait.wait_for_database(settings.connection, deadline=settings.wait_timeout, sleep=sleep)
+
+
+@contextmanager
+def _locked(settings: Settings, sleep: Sleep) -> Iterator[db.Connection]:
+    """A connection holding the migration lock; the lock goes with the connection."""
+    with _connect(settings, sleep) as conn:
+        key = lock.acquire(
+            conn, settings.migrations_table, timeout=settings.lock_timeout, sleep=sleep
+        )
+        yield conn
+        lock.release(conn, key)
+
+
+@contextmanager
+def _applier(conn: db.Connection, settings: Settings, sleep: Sleep) -> Iterator[Applier]:
+    applier = Applier(conn, settings, applied_by=_applied_by(conn), sleep=sleep)
+    try:
+        yield applier
+        applier.finish()
+    except Exception:
+        applier.finish_quietly()  # what committed before the failure stays, durably
+        raise
+    finally:
+        applier.close()
+
+
+def _log_plan(
+    report: RunReport, todo: Sequence[Migration], applied: Sequence[AppliedMigration]
+) -> None:
+    report.pending = len(todo)
+    logs.event(
+        logging.INFO,
+        "plan.ready",
+        f"{len(todo)} migration(s) pending, {len(applied)} applied",
+        pending=[m.version for m in todo],
+        applied_count=len(applied),
+    )
 
 
 def _applied_by(conn: db.Connection) -> str:

@@ -55,6 +55,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DB_WAIT_TIMEOUT", "--wait-timeout", "seconds to wait for the database (60)"),
     Variable("DB_CONNECT_TIMEOUT", "--connect-timeout", "seconds per connection attempt (5)"),
     Variable("MIGRATION_LOCK_TIMEOUT", "--lock-timeout", "seconds to wait for the lock (300)"),
+    Variable("DDL_LOCK_TIMEOUT", "--ddl-lock-timeout", "lock_timeout of migrations, s (5; 0 off)"),
+    Variable("DDL_LOCK_RETRIES", "--ddl-lock-retries", "retries after a lock timeout (5)"),
+    Variable("STATEMENT_TIMEOUT", "--statement-timeout", "statement_timeout, s (0: off)"),
+    Variable("AWAIT_TIMEOUT", "--await-timeout", "await: seconds to wait for the schema (300)"),
     Variable("LOG_FORMAT", "--log-format", "json (default) or text"),
     Variable("LOG_LEVEL", "--log-level", "DEBUG, INFO (default), WARNING or ERROR"),
     Variable("TERMINATION_LOG", "--termination-log", "summary file (/dev/termination-log)"),
@@ -119,6 +123,10 @@ class Settings:
     termination_log: Path
     termination_log_explicit: bool
     allow_out_of_order: bool
+    ddl_lock_timeout: float = 5.0
+    ddl_lock_retries: int = 5
+    statement_timeout: float = 0.0
+    await_timeout: float = 300.0
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -176,6 +184,10 @@ def from_env(environ: Mapping[str, str], *, require_database: bool = True) -> Se
         termination_log=Path(termination_log) if termination_log else DEFAULT_TERMINATION_LOG,
         termination_log_explicit=bool(termination_log),
         allow_out_of_order=_switch(environ, "ALLOW_OUT_OF_ORDER"),
+        ddl_lock_timeout=_seconds(environ, "DDL_LOCK_TIMEOUT", 5.0, allow_zero=True),
+        ddl_lock_retries=_count(environ, "DDL_LOCK_RETRIES", 5),
+        statement_timeout=_seconds(environ, "STATEMENT_TIMEOUT", 0.0, allow_zero=True),
+        await_timeout=_seconds(environ, "AWAIT_TIMEOUT", 300.0, allow_zero=True),
     )
 
 
@@ -240,6 +252,15 @@ def _seconds(
         expected = "zero or more" if allow_zero else "more than zero"
         raise ConfigError(variable, f"expected a number of seconds, {expected}; got {raw!r}")
     return value
+
+
+def _count(environ: Mapping[str, str], variable: str, default: int) -> int:
+    raw = environ.get(variable, "").strip()
+    if raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > 1000:
+        raise ConfigError(variable, f"expected a whole number from 0 to 1000; got {raw!r}")
+    return int(raw)
 
 
 def _choice(

@@ -46,6 +46,22 @@ class LockTimeout(RunnerError):
     """Another runner held the migration lock for longer than MIGRATION_LOCK_TIMEOUT."""
 
 
+class DdlLockTimeout(RunnerError):
+    """A migration could not get its table locks within DDL_LOCK_TIMEOUT, DDL_LOCK_RETRIES times;
+    everything it did was rolled back."""
+
+    def __init__(self, message: str, *, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+    def fields(self) -> dict[str, object]:
+        return {"version": self.version}
+
+
+class AwaitTimeout(RunnerError):
+    """`await`: the schema did not reach the image's versions before AWAIT_TIMEOUT."""
+
+
 class MigrationSetError(RunnerError):
     """The migration files, or their relation to what is applied, are unsafe to act on."""
 
@@ -85,6 +101,18 @@ class MissingMigration(MigrationSetError):
 
 class OutOfOrder(MigrationSetError):
     """A pending version is lower than the highest applied one."""
+
+
+class MissingDownFile(MigrationSetError):
+    """A migration to roll back has no .down.sql file."""
+
+
+class UnknownVersion(MigrationSetError):
+    """A version given on the command line is not a migration on disk."""
+
+
+class NeedsNoTransaction(MigrationSetError):
+    """An ordinary (transactional) file holds a statement that cannot run in a transaction."""
 
 
 class NeedsAttention(RunnerError):
@@ -150,6 +178,8 @@ _EXIT_CODES: tuple[tuple[type[RunnerError], ExitCode], ...] = (
     (DatabaseUnreachable, ExitCode.DB_UNREACHABLE),
     (AuthenticationFailed, ExitCode.AUTH_FAILED),
     (LockTimeout, ExitCode.LOCK_TIMEOUT),
+    (DdlLockTimeout, ExitCode.LOCK_TIMEOUT),
+    (AwaitTimeout, ExitCode.LOCK_TIMEOUT),
     (MigrationSetError, ExitCode.INVALID_MIGRATIONS),
     (NeedsAttention, ExitCode.NEEDS_ATTENTION),
     (MigrationFailed, ExitCode.MIGRATION_FAILED),

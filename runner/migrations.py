@@ -8,8 +8,6 @@ from pathlib import Path
 from runner.errors import ConfigError, UnreadableMigration
 from runner.planner import MigrationFile
 
-BOM = "\ufeff"
-
 
 def load(directory: Path) -> list[MigrationFile]:
     """Every *.sql file directly in `directory`, with the sha256 of its bytes.
@@ -31,24 +29,6 @@ def load(directory: Path) -> list[MigrationFile]:
         file = MigrationFile(
             filename=path.name, checksum=hashlib.sha256(content).hexdigest(), content=content
         )
-        decode(file)  # refuse undecodable files before anything connects
+        file.text()  # refuse undecodable files before anything connects
         files.append(file)
     return files
-
-
-def decode(file: MigrationFile) -> str:
-    """The file's SQL text: UTF-8, a leading byte-order mark dropped."""
-    try:
-        text = file.content.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = file.content.count(b"\n", 0, error.start) + 1
-        raise UnreadableMigration(
-            f"{file.filename}: line {line}: not valid UTF-8 (byte {error.start})",
-            file=file.filename,
-        ) from None
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise UnreadableMigration(
-            f"{file.filename}: line {line}: contains a NUL character", file=file.filename
-        )
-    return text.removeprefix(BOM)

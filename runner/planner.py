@@ -14,15 +14,21 @@ from runner.errors import (
     DuplicateVersion,
     HalfApplied,
     MigrationSetError,
+    MissingDownFile,
     MissingMigration,
     NeedsAttention,
+    NeedsNoTransaction,
     OutOfOrder,
+    UnknownVersion,
+    UnreadableMigration,
 )
+from runner.sqlscript import non_transactional_statement
 
 FILE_NAME = re.compile(
     r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.(?P<direction>up|down)\.sql"
 )
 APPLIED = "applied"
+NO_TRANSACTION = "-- migrate:no-transaction"
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,29 @@ class MigrationFile:
     filename: str
     checksum: str
     content: bytes = field(default=b"", repr=False, compare=False)
+
+    def text(self) -> str:
+        """The SQL: UTF-8, a leading byte-order mark dropped; undecodable files refused."""
+        try:
+            text = self.content.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = self.content.count(b"\n", 0, error.start) + 1
+            raise UnreadableMigration(
+                f"{self.filename}: line {line}: not valid UTF-8 (byte {error.start})",
+                file=self.filename,
+            ) from None
+        if "\x00" in text:
+            line = text.count("\n", 0, text.index("\x00")) + 1
+            raise UnreadableMigration(
+                f"{self.filename}: line {line}: contains a NUL character", file=self.filename
+            )
+        return text.removeprefix("\ufeff")
+
+    @property
+    def no_transaction(self) -> bool:
+        """True when the first line is `-- migrate:no-transaction`."""
+        first_line = self.text().split("\n", 1)[0]
+        return first_line.strip().lower() == NO_TRANSACTION
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,7 @@ def find_problems(
     migrations, problems = _parse(files)
     by_version = {migration.version: migration for migration in migrations}
     file_problems: list[MigrationSetError | NeedsAttention] = list(problems)
+    file_problems.extend(_transaction_problems(migrations))
     for row in sorted(applied, key=lambda row: row.version):
         migration = by_version.get(row.version)
         if row.status != APPLIED:
@@ -146,6 +176,84 @@ def plan(
         applied=tuple(sorted(applied, key=lambda row: row.version)),
         pending=tuple(m for m in migrations if m.version not in applied_versions),
     )
+
+
+@dataclass(frozen=True)
+class GotoPlan:
+    """What `goto` runs: up files in version order, or down files newest first."""
+
+    up: tuple[Migration, ...]
+    down: tuple[Migration, ...]
+
+
+def plan_down(
+    files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], count: int | None
+) -> tuple[Migration, ...]:
+    """The newest `count` applied migrations (all when None), newest first, each with its
+    down file; refused before anything runs if one has none."""
+    _refuse_problems(files, applied)
+    by_version = {migration.version: migration for migration in _parse(files)[0]}
+    newest_first = sorted((row.version for row in applied), reverse=True)
+    chosen = [by_version[version] for version in newest_first[:count]]
+    for migration in chosen:
+        if migration.down is None:
+            raise MissingDownFile(
+                f"migration {migration.version} ({migration.up.filename}) has no .down.sql "
+                "file: nothing was rolled back",
+                file=migration.up.filename,
+                version=migration.version,
+            )
+    return tuple(chosen)
+
+
+def plan_goto(
+    files: Sequence[MigrationFile],
+    applied: Sequence[AppliedMigration],
+    target: int,
+    *,
+    allow_out_of_order: bool = False,
+) -> GotoPlan:
+    """Up to `target` (inclusive) or down to it; 0 means before the first migration."""
+    migrations = _parse(files)[0]
+    if target != 0 and target not in {migration.version for migration in migrations}:
+        raise UnknownVersion(f"no migration with version {target} on disk", version=target)
+    applied_versions = {row.version for row in applied}
+    above = sum(1 for version in applied_versions if version > target)
+    if above:
+        return GotoPlan(up=(), down=plan_down(files, applied, above))
+    result = plan(files, applied, allow_out_of_order=allow_out_of_order)
+    return GotoPlan(up=tuple(m for m in result.pending if m.version <= target), down=())
+
+
+def _refuse_problems(files: Sequence[MigrationFile], applied: Sequence[AppliedMigration]) -> None:
+    problems = find_problems(files, applied, allow_out_of_order=True)
+    if problems:
+        raise problems[0]
+
+
+def _transaction_problems(migrations: Sequence[Migration]) -> list[MigrationSetError]:
+    problems: list[MigrationSetError] = []
+    for migration in migrations:
+        for file in (migration.up, migration.down):
+            try:
+                if file is None or file.no_transaction:
+                    continue
+                statement = non_transactional_statement(file.text())
+            except UnreadableMigration as unreadable:
+                problems.append(unreadable)
+                continue
+            if statement is not None:
+                words = " ".join(statement.text.split()[:4])
+                problems.append(
+                    NeedsNoTransaction(
+                        f"{file.filename}: line {statement.line}: {words} cannot run inside a "
+                        f"transaction; put it in a file of its own whose first line is "
+                        f"'{NO_TRANSACTION}'",
+                        file=file.filename,
+                        version=migration.version,
+                    )
+                )
+    return problems
 
 
 def _parse(files: Sequence[MigrationFile]) -> tuple[list[Migration], list[MigrationSetError]]:

@@ -43,7 +43,8 @@ class _UntilDeadline(tenacity.wait.wait_base):
 
 def backoff(
     *,
-    deadline: float,
+    deadline: float = float("inf"),
+    attempts: int | None = None,
     retry: RetryBaseT,
     sleep: Callable[[float], Any] = time.sleep,
     initial: float = 0.1,
@@ -51,14 +52,17 @@ def backoff(
     before_sleep: RetryCallback | None = None,
 ) -> tenacity.Retrying:
     """Exponential backoff from `initial` doubling to `maximum`, full jitter, until `deadline`
-    seconds have passed, the last try at the deadline; exceptions that `retry` rejects are
-    raised at once."""
+    seconds have passed (the last try at the deadline) or after `attempts` tries; exceptions
+    that `retry` rejects are raised at once."""
+    stop: tenacity.stop.stop_base = _Deadline(deadline)
+    if attempts is not None:
+        stop = stop | tenacity.stop_after_attempt(attempts)
     return tenacity.Retrying(
         retry=retry,
         wait=_UntilDeadline(
             tenacity.wait_random_exponential(multiplier=initial, max=maximum), deadline
         ),
-        stop=_Deadline(deadline),
+        stop=stop,
         sleep=sleep,
         before_sleep=before_sleep,
     )

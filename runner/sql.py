@@ -96,3 +96,123 @@ LIMIT 1"""
 )
 
 SESSION_INFO = sql.SQL("SELECT current_user, current_database(), version()")
+
+
+def insert_running(table: TableName) -> sql.Composed:
+    """The row of a no-transaction migration, written before its first statement."""
+    return sql.SQL(
+        "INSERT INTO {table} (version, name, checksum, status, execution_ms, applied_by) "
+        "VALUES (%(version)s, %(name)s, %(checksum)s, 'running', 0, %(applied_by)s)"
+    ).format(table=_table(table))
+
+
+def set_status(table: TableName) -> sql.Composed:
+    return sql.SQL(
+        "UPDATE {table} SET status = %(status)s, execution_ms = %(execution_ms)s, "
+        "applied_at = now() WHERE version = %(version)s"
+    ).format(table=_table(table))
+
+
+def delete_row(table: TableName) -> sql.Composed:
+    return sql.SQL("DELETE FROM {table} WHERE version = %(version)s").format(table=_table(table))
+
+
+def update_checksum(table: TableName) -> sql.Composed:
+    return sql.SQL("UPDATE {table} SET checksum = %(checksum)s WHERE version = %(version)s").format(
+        table=_table(table)
+    )
+
+
+def rename_table(table: TableName, new_name: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {table} RENAME TO {new}").format(
+        table=_table(table), new=sql.Identifier(new_name)
+    )
+
+
+def select_foreign_versions(table: TableName, with_dirty: bool) -> sql.Composed:
+    """golang-migrate's (version, dirty) or dbmate's (version) rows."""
+    columns = sql.SQL("version::text, dirty" if with_dirty else "version::text, false")
+    return sql.SQL("SELECT {columns} FROM {table}").format(columns=columns, table=_table(table))
+
+
+def set_local_timeouts(lock_timeout_ms: int, statement_timeout_ms: int) -> sql.Composed:
+    """Per-transaction timeouts for a migration (0 turns one off)."""
+    return sql.SQL(
+        "SELECT set_config('lock_timeout', {lock}, true), "
+        "set_config('statement_timeout', {statement}, true)"
+    ).format(
+        lock=sql.Literal(f"{lock_timeout_ms}ms"), statement=sql.Literal(f"{statement_timeout_ms}ms")
+    )
+
+
+def set_session_timeouts(lock_timeout_ms: int, statement_timeout_ms: int) -> sql.Composed:
+    """The same for a no-transaction migration's statements, for the session."""
+    return sql.SQL(
+        "SELECT set_config('lock_timeout', {lock}, false), "
+        "set_config('statement_timeout', {statement}, false)"
+    ).format(
+        lock=sql.Literal(f"{lock_timeout_ms}ms"), statement=sql.Literal(f"{statement_timeout_ms}ms")
+    )
+
+
+# The sessions that block `pid`, as pg_blocking_pids() sees them.
+BLOCKERS = sql.SQL(
+    """SELECT a.pid, a.application_name, a.state,
+       round(extract(epoch FROM now() - a.xact_start)::numeric, 3)::float8,
+       left(a.query, 200)
+FROM pg_stat_activity a
+WHERE a.pid = ANY (pg_blocking_pids(%(pid)s))
+ORDER BY a.pid"""
+)
+
+# An index named `name` in the schema of `table`, and whether it is valid.
+INDEX_VALIDITY = sql.SQL(
+    """SELECT n.nspname, i.indisvalid
+FROM pg_class c
+JOIN pg_index i ON i.indexrelid = c.oid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = %(name)s
+  AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass(%(table)s))"""
+)
+
+
+def drop_index_concurrently(schema: str, name: str) -> sql.Composed:
+    return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {index}").format(
+        index=sql.Identifier(schema, name)
+    )
+
+
+def insert_applied_literal(
+    table: TableName, *, version: int, name: str, checksum: str, applied_by: str
+) -> sql.Composed:
+    """The tracking row with its values inlined, to travel in the same query as the migration;
+    execution_ms is measured by the server from the start of the transaction."""
+    return sql.SQL(
+        "INSERT INTO {table} (version, name, checksum, status, execution_ms, applied_by) "
+        "VALUES ({version}, {name}, {checksum}, 'applied', "
+        "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, {applied_by})"
+    ).format(
+        table=_table(table),
+        version=sql.Literal(version),
+        name=sql.Literal(name),
+        checksum=sql.Literal(checksum),
+        applied_by=sql.Literal(applied_by),
+    )
+
+
+def delete_row_literal(table: TableName, version: int) -> sql.Composed:
+    return sql.SQL("DELETE FROM {table} WHERE version = {version}").format(
+        table=_table(table), version=sql.Literal(version)
+    )
+
+
+BEGIN = sql.SQL("BEGIN")
+COMMIT = sql.SQL("COMMIT")
+ROLLBACK = sql.SQL("ROLLBACK")
+# A migration and its row commit together, so a commit lost in a crash loses both and the next
+# run applies it again: the run may commit asynchronously as long as it ends durably.
+SET_ASYNCHRONOUS_COMMIT = sql.SQL("SET synchronous_commit TO off")
+RESET_SYNCHRONOUS_COMMIT = sql.SQL("RESET synchronous_commit")
+# A transaction with an id writes a commit record; committing it synchronously flushes the WAL
+# up to there, and so every earlier asynchronous commit.
+ASSIGN_TRANSACTION_ID = sql.SQL("SELECT txid_current()")

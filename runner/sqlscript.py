@@ -135,3 +135,45 @@ def _skip_quoted(script: str, i: int, quote: str, *, backslash: bool) -> int:
             return i + 1
         i += 1
     return n
+
+
+# Statements PostgreSQL refuses inside a transaction block, with the first words that say so.
+_NON_TRANSACTIONAL = re.compile(
+    r"(create\s+(unique\s+)?index\s+concurrently"
+    r"|drop\s+index\s+concurrently"
+    r"|reindex\b[^;]*?\bconcurrently"
+    r"|vacuum\b"
+    r"|(create|drop)\s+database\b"
+    r"|(create|drop)\s+tablespace\b"
+    r"|alter\s+system\b"
+    r"|create\s+subscription\b"
+    r"|alter\s+database\s+\S+\s+set\s+tablespace\b)",
+    re.IGNORECASE,
+)
+
+
+def non_transactional_statement(script: str) -> Statement | None:
+    """The first statement that cannot run inside a transaction block, if any."""
+    for statement in split(script):
+        if _NON_TRANSACTIONAL.match(statement.text):
+            return statement
+    return None
+
+
+_CREATE_INDEX_CONCURRENTLY = re.compile(
+    r"create\s+(unique\s+)?index\s+concurrently\s+(if\s+not\s+exists\s+)?"
+    r"(?P<name>\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)\s+on\s+(only\s+)?"
+    r"(?P<table>(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)"
+    r"(\.(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*))?)",
+    re.IGNORECASE,
+)
+
+
+def concurrent_index(statement: str) -> tuple[str, str] | None:
+    """(index name, table as written) of a CREATE INDEX CONCURRENTLY statement."""
+    match = _CREATE_INDEX_CONCURRENTLY.match(statement)
+    if match is None:
+        return None
+    name = match["name"]
+    name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+    return name, match["table"]

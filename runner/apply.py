@@ -1,0 +1,490 @@
+"""Running migration files against the database: transactional, no-transaction, and all in one.
+
+A transactional migration goes to the server as one simple-protocol query: BEGIN, its
+timeouts, the file as written, the tracking row, COMMIT. One round trip, and the row commits
+with the schema change or not at all. The session commits asynchronously while the run goes
+on; `finish()` makes every commit durable before the run reports success.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import tenacity
+from psycopg.sql import Composed
+
+from runner import db, logs, retry, sql, sqlscript
+from runner.config import ConnectionSettings, Settings
+from runner.errors import DatabaseUnreachable, DdlLockTimeout, MigrationFailed, NeedsNoTransaction
+from runner.planner import Migration, MigrationFile
+
+LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One migration file in one direction."""
+
+    migration: Migration
+    file: MigrationFile
+    direction: str  # "up" or "down"
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return {
+            "version": self.migration.version,
+            "name": self.migration.name,
+            "file": self.file.filename,
+            "direction": self.direction,
+        }
+
+
+class _LockTimeoutRetry(Exception):
+    """A try of a transactional migration hit lock_timeout and was rolled back."""
+
+    def __init__(self, blockers: list[dict[str, Any]]) -> None:
+        super().__init__("lock timeout")
+        self.blockers = blockers
+
+
+class Applier:
+    """Applies and reverts migrations on the runner's one connection."""
+
+    def __init__(
+        self,
+        conn: db.Connection,
+        settings: Settings,
+        *,
+        applied_by: str,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.conn = conn
+        self.table = settings.migrations_table
+        self.applied_by = applied_by
+        self.sleep = sleep
+        self.lock_timeout_ms = round(settings.ddl_lock_timeout * 1000)
+        self.statement_timeout_ms = round(settings.statement_timeout * 1000)
+        self.lock_retries = settings.ddl_lock_retries
+        self.statement_timeout = settings.statement_timeout
+        self._probe = _BlockerProbe(settings.connection) if self.lock_timeout_ms else None
+        self._wrote = False
+        db.execute(conn, sql.SET_ASYNCHRONOUS_COMMIT)
+
+    # -- public -------------------------------------------------------------------------------
+
+    def up(self, migration: Migration) -> None:
+        self._run(_Step(migration, migration.up, "up"))
+
+    def down(self, migration: Migration) -> None:
+        assert migration.down is not None
+        self._run(_Step(migration, migration.down, "down"))
+
+    def up_all_in_one(self, migrations: Sequence[Migration]) -> None:
+        """Every migration in one transaction: all or nothing."""
+        for migration in migrations:
+            if migration.up.no_transaction:
+                raise NeedsNoTransaction(
+                    f"{migration.up.filename} runs outside a transaction "
+                    "(-- migrate:no-transaction), so it cannot join --single-transaction",
+                    file=migration.up.filename,
+                    version=migration.version,
+                )
+        steps = [_Step(migration, migration.up, "up") for migration in migrations]
+        for step in steps:
+            logs.event(
+                logging.INFO,
+                "migration.started",
+                f"applying {step.file.filename}",
+                **step.fields,
+                single_transaction=True,
+            )
+        started = time.perf_counter()
+        self._with_lock_retries(steps[0], lambda: self._single_transaction(steps))
+        duration = round((time.perf_counter() - started) * 1000)
+        for step in steps:
+            logs.event(
+                logging.INFO,
+                "migration.applied",
+                f"applied {step.file.filename}",
+                **step.fields,
+                checksum=step.file.checksum,
+                duration_ms=duration,
+                single_transaction=True,
+            )
+
+    def finish(self) -> None:
+        """Make every asynchronous commit of this run durable: a synchronous commit flushes
+        the WAL up to itself, and so every commit before it."""
+        db.execute(self.conn, sql.RESET_SYNCHRONOUS_COMMIT)
+        if self._wrote:
+            with db.transaction(self.conn):
+                db.execute(self.conn, sql.ASSIGN_TRANSACTION_ID)
+
+    def finish_quietly(self) -> None:
+        """finish() on the way out of a failed run; the connection may be gone by then."""
+        try:
+            self._rollback()
+            self.finish()
+        except psycopg.Error:
+            pass
+
+    def close(self) -> None:
+        if self._probe:
+            self._probe.close()
+
+    # -- one migration ------------------------------------------------------------------------
+
+    def _run(self, step: _Step) -> None:
+        logs.event(
+            logging.INFO, "migration.started", f"running {step.file.filename}", **step.fields
+        )
+        started = time.perf_counter()
+        if step.file.no_transaction:
+            statements = self._no_transaction(step)
+        else:
+            statements = self._with_lock_retries(step, lambda: self._transactional(step))
+        logs.event(
+            logging.INFO,
+            "migration.applied" if step.direction == "up" else "migration.reverted",
+            f"{'applied' if step.direction == 'up' else 'reverted'} {step.file.filename}",
+            **step.fields,
+            checksum=step.file.checksum,
+            statements=statements,
+            duration_ms=round((time.perf_counter() - started) * 1000),
+        )
+
+    def _with_lock_retries(self, step: _Step, attempt: Callable[[], int]) -> int:
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            failure = state.outcome.exception() if state.outcome else None
+            blockers = failure.blockers if isinstance(failure, _LockTimeoutRetry) else []
+            logs.event(
+                logging.WARNING,
+                "migration.lock_timeout",
+                f"{step.file.filename} waited more than DDL_LOCK_TIMEOUT for a lock and was "
+                f"rolled back; retrying in {state.upcoming_sleep:.1f}s",
+                **step.fields,
+                attempt=state.attempt_number,
+                retry_in_s=round(state.upcoming_sleep, 3),
+                blockers=blockers,
+            )
+
+        policy = retry.backoff(
+            attempts=self.lock_retries + 1,
+            retry=tenacity.retry_if_exception_type(_LockTimeoutRetry),
+            sleep=self.sleep,
+            initial=0.5,
+            maximum=10.0,
+            before_sleep=log_retry,
+        )
+        try:
+            return int(policy(attempt))
+        except tenacity.RetryError as gave_up:
+            last = gave_up.last_attempt.exception()
+            blockers = last.blockers if isinstance(last, _LockTimeoutRetry) else []
+            who = ", ".join(f"pid {b['pid']} ({b['application_name']})" for b in blockers)
+            raise DdlLockTimeout(
+                f"{step.file.filename} could not get its locks within DDL_LOCK_TIMEOUT "
+                f"({self.lock_timeout_ms} ms) in {self.lock_retries + 1} tries"
+                + (f"; blocked by {who}" if who else "")
+                + "; everything it did was rolled back",
+                version=step.migration.version,
+            ) from None
+
+    def _transactional(self, step: _Step) -> int:
+        text = step.file.text()
+        prefix = (
+            "BEGIN;\n"
+            + sql.set_local_timeouts(self.lock_timeout_ms, self.statement_timeout_ms).as_string(
+                self.conn
+            )
+            + ";\n"
+        )
+        suffix = "\n;\n" + self._record(step).as_string(self.conn) + ";\nCOMMIT;"
+        return self._send(step, text, prefix, suffix, ours=2)
+
+    def _single_transaction(self, steps: Sequence[_Step]) -> int:
+        db.execute(self.conn, sql.BEGIN)
+        timeouts = sql.set_local_timeouts(self.lock_timeout_ms, self.statement_timeout_ms)
+        db.execute(self.conn, timeouts)
+        done = 0
+        for step in steps:
+            suffix = "\n;\n" + self._record(step).as_string(self.conn) + ";"
+            done += self._send(step, step.file.text(), "", suffix, ours=0, commit=False)
+        db.execute(self.conn, sql.COMMIT)
+        self._wrote = True
+        return done
+
+    def _send(
+        self, step: _Step, text: str, prefix: str, suffix: str, *, ours: int, commit: bool = True
+    ) -> int:
+        """Run prefix + file + suffix; map a failure to the file's own line."""
+        if self._probe:
+            self._probe.arm(self.conn.info.backend_pid, self.lock_timeout_ms / 1000)
+        try:
+            ran = db.run_script(self.conn, prefix + text + suffix)
+        except db.ScriptError as failure:
+            blockers = self._probe.disarm() if self._probe else []
+            self._rollback()
+            error = failure.error
+            if error.sqlstate == LOCK_NOT_AVAILABLE and self.lock_timeout_ms:
+                raise _LockTimeoutRetry(blockers) from None
+            index = failure.statement_index - ours
+            raise self._failed(step, text, error, index, len(prefix)) from None
+        except psycopg.OperationalError as error:
+            if self._probe:
+                self._probe.disarm()
+            raise self._lost(step, error) from None
+        if self._probe:
+            self._probe.disarm()
+        if commit:
+            self._wrote = True
+        return ran - ours - (2 if commit else 1)
+
+    def _record(self, step: _Step) -> Composed:
+        if step.direction == "down":
+            return sql.delete_row_literal(self.table, step.migration.version)
+        return sql.insert_applied_literal(
+            self.table,
+            version=step.migration.version,
+            name=step.migration.name,
+            checksum=step.file.checksum,
+            applied_by=self.applied_by,
+        )
+
+    def _rollback(self) -> None:
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            db.execute(self.conn, sql.ROLLBACK)
+
+    # -- no transaction -----------------------------------------------------------------------
+
+    def _no_transaction(self, step: _Step) -> int:
+        """Statement by statement, in autocommit. The row says `running` until the last one
+        succeeds; a failure or a death leaves it `running` or `failed` for a person."""
+        text = step.file.text()
+        statements = sqlscript.split(text)
+        version = step.migration.version
+        if step.direction == "up":
+            db.execute(
+                self.conn,
+                sql.insert_running(self.table),
+                {
+                    "version": version,
+                    "name": step.migration.name,
+                    "checksum": step.file.checksum,
+                    "applied_by": self.applied_by,
+                },
+            )
+        else:
+            self._set_status(version, "running", 0)
+        started = time.perf_counter()
+        try:
+            for statement in statements:
+                index = sqlscript.concurrent_index(statement.text)
+                if index:
+                    self._drop_invalid_index(step, *index)
+                try:
+                    db.run_script(self.conn, statement.text)
+                except db.ScriptError as failure:
+                    raise self._failed_statement(step, text, statement, failure.error) from None
+                if index:
+                    self._check_index_valid(step, text, statement, *index)
+        except psycopg.OperationalError as error:
+            raise self._lost(step, error) from None
+        except BaseException:
+            self._mark_failed(version)
+            raise
+        elapsed = round((time.perf_counter() - started) * 1000)
+        if step.direction == "up":
+            self._set_status(version, "applied", elapsed)
+        else:
+            db.execute(self.conn, sql.delete_row(self.table), {"version": version})
+        self._wrote = True
+        return len(statements)
+
+    def _set_status(self, version: int, status: str, elapsed_ms: int) -> None:
+        db.execute(
+            self.conn,
+            sql.set_status(self.table),
+            {"version": version, "status": status, "execution_ms": elapsed_ms},
+        )
+
+    def _mark_failed(self, version: int) -> None:
+        """Best effort: the row already says `running`, which a later run also refuses."""
+        try:
+            self._rollback()
+            self._set_status(version, "failed", 0)
+        except (psycopg.Error, KeyboardInterrupt):
+            logs.event(
+                logging.WARNING,
+                "migration.mark_failed_failed",
+                f"could not mark migration {version} failed; it stays running",
+                version=version,
+            )
+
+    def _drop_invalid_index(self, step: _Step, name: str, table: str) -> None:
+        row = db.execute(self.conn, sql.INDEX_VALIDITY, {"name": name, "table": table}).fetchone()
+        if row is None or row[1]:
+            return
+        schema = str(row[0])
+        db.execute(self.conn, sql.drop_index_concurrently(schema, name))
+        logs.event(
+            logging.WARNING,
+            "index.invalid_dropped",
+            f"dropped invalid index {schema}.{name} left by an earlier failed "
+            "CREATE INDEX CONCURRENTLY",
+            **step.fields,
+            index=f"{schema}.{name}",
+        )
+
+    def _check_index_valid(
+        self, step: _Step, text: str, statement: sqlscript.Statement, name: str, table: str
+    ) -> None:
+        row = db.execute(self.conn, sql.INDEX_VALIDITY, {"name": name, "table": table}).fetchone()
+        if row is not None and row[1]:
+            return
+        raise MigrationFailed(
+            f"migration {step.migration.version} failed at {step.file.filename} line "
+            f"{statement.line}: index {name} is not valid after CREATE INDEX CONCURRENTLY; the "
+            "next try drops and rebuilds it",
+            version=step.migration.version,
+            file=step.file.filename,
+            sqlstate=None,
+            line=statement.line,
+        )
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _failed(
+        self, step: _Step, text: str, error: psycopg.Error, index: int, prefix_length: int
+    ) -> MigrationFailed:
+        line: int | None = None
+        position = error.diag.statement_position
+        if position and position.isdigit() and 0 <= int(position) - 1 - prefix_length < len(text):
+            line = sqlscript.line_of(text, int(position) - 1 - prefix_length)
+        elif index >= 0:
+            statements = sqlscript.split(text)
+            line = statements[index].line if index < len(statements) else None
+        return self._failure(step, error, line, rolled_back=True)
+
+    def _failed_statement(
+        self, step: _Step, text: str, statement: sqlscript.Statement, error: psycopg.Error
+    ) -> MigrationFailed:
+        position = error.diag.statement_position
+        line = statement.line
+        if position and position.isdigit():
+            line = sqlscript.line_of(text, statement.offset + int(position) - 1)
+        return self._failure(step, error, line, rolled_back=False)
+
+    def _failure(
+        self, step: _Step, error: psycopg.Error, line: int | None, *, rolled_back: bool
+    ) -> MigrationFailed:
+        message = (error.diag.message_primary or str(error)).strip()
+        if error.sqlstate == QUERY_CANCELED and self.statement_timeout:
+            message += f" (STATEMENT_TIMEOUT is {self.statement_timeout:g}s)"
+        where = step.file.filename + (f" line {line}" if line else "")
+        outcome = (
+            "its transaction was rolled back and nothing of it remains"
+            if rolled_back
+            else "it ran outside a transaction: statements before this one stay applied, and "
+            "the migration is recorded as failed until a person repairs it"
+        )
+        return MigrationFailed(
+            f"migration {step.migration.version} failed at {where}: "
+            f"{error.sqlstate or 'no SQLSTATE'}: {message}; {outcome}",
+            version=step.migration.version,
+            file=step.file.filename,
+            sqlstate=error.sqlstate,
+            line=line,
+        )
+
+    def _lost(self, step: _Step, error: psycopg.OperationalError) -> DatabaseUnreachable:
+        return DatabaseUnreachable(
+            f"connection lost while running {step.file.filename}: "
+            f"{' '.join(str(error).split())}; run again: the tracking table tells whether it "
+            "committed"
+        )
+
+
+class _BlockerProbe:
+    """Notes who blocks the runner's session when a migration waits on a lock for long.
+
+    A session blocked on a lock cannot ask pg_blocking_pids() itself, so a helper thread with
+    its own connection looks shortly before lock_timeout fires."""
+
+    def __init__(self, settings: ConnectionSettings | None) -> None:
+        self._settings = settings
+        self._condition = threading.Condition()
+        self._armed: tuple[int, float] | None = None  # (pid, when to look)
+        self._seen: list[dict[str, Any]] = []
+        self._thread: threading.Thread | None = None
+        self._conn: db.Connection | None = None
+        self._closed = False
+
+    def arm(self, pid: int, lock_timeout: float) -> None:
+        with self._condition:
+            self._armed = (pid, time.monotonic() + lock_timeout * 0.8)
+            self._seen = []
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def disarm(self) -> list[dict[str, Any]]:
+        with self._condition:
+            self._armed = None
+            return list(self._seen)
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._armed = None
+            self._condition.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closed and (
+                    self._armed is None or time.monotonic() < self._armed[1]
+                ):
+                    wait = None if self._armed is None else self._armed[1] - time.monotonic()
+                    self._condition.wait(wait)
+                if self._closed:
+                    break
+                assert self._armed is not None
+                pid = self._armed[0]
+                self._armed = None
+            seen = self._look(pid)
+            with self._condition:
+                self._seen = seen
+        if self._conn is not None:
+            self._conn.close()
+
+    def _look(self, pid: int) -> list[dict[str, Any]]:
+        try:
+            if self._conn is None and self._settings is not None:
+                self._conn = db.connect(self._settings)
+            if self._conn is None:
+                return []
+            rows = db.execute(self._conn, sql.BLOCKERS, {"pid": pid}).fetchall()
+        except psycopg.Error:
+            return []
+        return [
+            {
+                "pid": pid,
+                "application_name": app,
+                "state": state,
+                "transaction_age_s": age,
+                "query": query,
+            }
+            for pid, app, state, age, query in rows
+        ]
