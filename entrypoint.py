@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Container entrypoint: `python entrypoint.py [up|status|plan|validate|wait] [flags]`."""
+"""Container entrypoint: `python entrypoint.py [COMMAND] [flags]`; see `--help`."""
 
+import os
 import sys
-from pathlib import Path
 
 # Runnable from a checkout or the image without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from runner.cli import main
+from runner.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

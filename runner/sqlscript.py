@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
-_WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
+# Identifiers: a letter or _ (any script), then letters, digits, _ (and $ outside tags).
+_DOLLAR_TAG = re.compile(r"\$([^\W\d]\w*)?\$")
+_WORD = re.compile(r"[^\W\d][\w$]*")
 _ROUTINE = re.compile(r"create\s+(or\s+replace\s+)?(function|procedure)\b", re.IGNORECASE)
 
 
