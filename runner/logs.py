@@ -12,6 +12,7 @@ from typing import IO, Any
 from pythonjsonlogger.json import JsonFormatter
 
 LOGGER_NAME = "runner"
+_FOREIGN_LOGGERS = ("psycopg", "psycopg.pool", "py.warnings")
 logger = logging.getLogger(LOGGER_NAME)
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
@@ -94,6 +95,13 @@ def configure(
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    # psycopg's own warnings and Python's warnings go out as JSON lines too, never as text.
+    logging.captureWarnings(True)
+    for name in _FOREIGN_LOGGERS:
+        foreign = logging.getLogger(name)
+        foreign.handlers[:] = [handler]
+        foreign.setLevel(logging.WARNING)
+        foreign.propagate = False
     return redact
 
 

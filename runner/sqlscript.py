@@ -153,8 +153,15 @@ _NON_TRANSACTIONAL = re.compile(
 )
 
 
+_MAYBE_NON_TRANSACTIONAL = re.compile(
+    r"concurrently|vacuum|database|tablespace|system|subscription", re.IGNORECASE
+)
+
+
 def non_transactional_statement(script: str) -> Statement | None:
     """The first statement that cannot run inside a transaction block, if any."""
+    if not _MAYBE_NON_TRANSACTIONAL.search(script):
+        return None  # the common case, without splitting
     for statement in split(script):
         if _NON_TRANSACTIONAL.match(statement.text):
             return statement
