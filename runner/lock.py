@@ -49,7 +49,7 @@ def acquire(
         retry=tenacity.retry_if_result(lambda locked: not locked),
         sleep=sleep,
         initial=0.05,
-        maximum=2.0,
+        maximum=0.5,  # waiters notice a released lock within half a second
         before_sleep=log_waiting,
     )
     try:
