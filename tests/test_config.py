@@ -26,6 +26,8 @@ def test_defaults() -> None:
     assert settings.log_format == "json"
     assert settings.log_level == "INFO"
     assert settings.allow_out_of_order is False
+    assert (settings.ddl_lock_timeout, settings.ddl_lock_retries) == (5, 5)
+    assert (settings.statement_timeout, settings.await_timeout) == (0, 300)
     assert settings.connection is not None
     assert settings.connection.describe() == "app@db.example:5433/shop"
 
@@ -75,6 +77,11 @@ def test_the_password_is_not_in_the_settings_repr() -> None:
         ("MIGRATIONS_TABLE", "a.b.c", "schema.table"),
         ("MIGRATIONS_TABLE", "drop table x;", "schema.table"),
         ("ALLOW_OUT_OF_ORDER", "perhaps", "expected 1/true"),
+        ("DDL_LOCK_TIMEOUT", "5 minutes", "number of seconds"),
+        ("DDL_LOCK_RETRIES", "-1", "whole number"),
+        ("DDL_LOCK_RETRIES", "many", "whole number"),
+        ("STATEMENT_TIMEOUT", "-2", "zero or more"),
+        ("AWAIT_TIMEOUT", "never", "number of seconds"),
     ],
 )
 def test_a_wrong_value_names_the_variable_and_what_was_expected(
