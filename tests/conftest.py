@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.pgcluster import TempCluster
+from tests.pgcluster import TempCluster, find_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "entrypoint.py"
@@ -39,6 +39,15 @@ def _docker_answers() -> bool:
             client.close()
     except Exception:
         return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start their own cluster need the server binaries; skip them without."""
+    if find_bindir() is None:
+        skip = pytest.mark.skip(reason="no initdb/pg_ctl on this machine")
+        for item in items:
+            if item.get_closest_marker("cluster"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
