@@ -112,11 +112,11 @@ def test_plain_job_mirrors_exit_codes() -> None:
     _assert_job_mirrors_enum(jobs[0])
 
 
-def test_plain_deployment_init_container_only_waits() -> None:
+def test_plain_deployment_init_container_only_awaits_the_schema() -> None:
     docs = list(_documents((K8S / "deployment.yaml").read_text(encoding="utf-8")))
     (deployment,) = [d for d in docs if d.get("kind") == "Deployment"]
     inits = deployment["spec"]["template"]["spec"]["initContainers"]
-    assert [c["args"] for c in inits] == [["wait"]]
+    assert [c["args"] for c in inits] == [["await"]]
 
 
 def test_chart_values_hold_the_exit_codes() -> None:
@@ -159,4 +159,4 @@ def test_rendered_chart_job_mirrors_exit_codes(values_file: str) -> None:
     _assert_job_mirrors_enum(jobs[0])
     for deployment in (d for d in _documents(rendered) if d.get("kind") == "Deployment"):
         inits = deployment["spec"]["template"]["spec"]["initContainers"]
-        assert all(c["args"] == ["wait"] for c in inits)
+        assert all(c["args"] == ["await"] for c in inits)
