@@ -231,8 +231,10 @@ class Applier:
             ran = db.run_script(self.conn, prefix + text + suffix)
         except db.ScriptError as failure:
             blockers = self._probe.disarm() if self._probe else []
-            self._rollback()
             error = failure.error
+            if self._connection_lost(error):
+                raise self._lost(step, error) from None
+            self._rollback()
             if error.sqlstate == LOCK_NOT_AVAILABLE and self.lock_timeout_ms:
                 raise _LockTimeoutRetry(blockers) from None
             index = failure.statement_index - ours
@@ -292,13 +294,16 @@ class Applier:
                 try:
                     db.run_script(self.conn, statement.text)
                 except db.ScriptError as failure:
+                    if self._connection_lost(failure.error):
+                        raise self._lost(step, failure.error) from None
                     raise self._failed_statement(step, text, statement, failure.error) from None
                 if index:
                     self._check_index_valid(step, text, statement, *index)
         except psycopg.OperationalError as error:
             raise self._lost(step, error) from None
-        except BaseException:
-            self._mark_failed(version)
+        except BaseException as stopped:
+            if not isinstance(stopped, DatabaseUnreachable):  # a lost session stays `running`
+                self._mark_failed(version)
             raise
         elapsed = round((time.perf_counter() - started) * 1000)
         if step.direction == "up":
@@ -404,7 +409,14 @@ class Applier:
             line=line,
         )
 
-    def _lost(self, step: _Step, error: psycopg.OperationalError) -> DatabaseUnreachable:
+    def _connection_lost(self, error: psycopg.Error) -> bool:
+        """The server ended the session (terminated, shutting down, crashed) or the network
+        dropped it: not the migration's fault, and whether it committed is for the next run's
+        read of the tracking table to say."""
+        state = error.sqlstate or ""
+        return self.conn.broken or self.conn.closed or state.startswith(("08", "57P"))
+
+    def _lost(self, step: _Step, error: psycopg.Error) -> DatabaseUnreachable:
         return DatabaseUnreachable(
             f"connection lost while running {step.file.filename}: "
             f"{' '.join(str(error).split())}; run again: the tracking table tells whether it "

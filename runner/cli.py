@@ -13,9 +13,17 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
+import psycopg
+
 from runner import __version__, commands, logs
 from runner.config import VARIABLES, Settings, from_env, load_secret_files
-from runner.errors import Interrupted, RunnerError, UsageError, exit_code_for
+from runner.errors import (
+    DatabaseUnreachable,
+    Interrupted,
+    RunnerError,
+    UsageError,
+    exit_code_for,
+)
 from runner.exit_codes import ExitCode
 
 COMMANDS = {
@@ -162,6 +170,11 @@ def main(
         error = Interrupted(signals.received or signal.SIGINT)
     except RunnerError as failure:
         error = failure
+    except psycopg.OperationalError as lost:  # the server went away between two statements
+        error = DatabaseUnreachable(
+            f"connection to the database lost: {' '.join(str(lost).split())}; run again: the "
+            "tracking table tells what committed"
+        )
     except Exception as bug:
         error = bug
         logs.logger.exception("internal error", extra={"event": "run.crashed"})
@@ -186,7 +199,11 @@ def _check_arguments(arguments: argparse.Namespace) -> None:
         raise UsageError(f"{command} needs {wanted}")
     if command == "down" and value is not None and arguments.all:
         raise UsageError("down takes N or --all, not both")
-    if command in ("goto", "baseline", "down") and value is not None and not value.isdigit():
+    if (
+        command in ("goto", "baseline", "down")
+        and value is not None
+        and not (value.isascii() and value.isdigit())
+    ):
         raise UsageError(f"{command}: {wanted} must be a whole number, got {value!r}")
     if command == "down" and value is not None and int(value) < 1:
         raise UsageError("down: N must be 1 or more")

@@ -232,7 +232,7 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
 
 def _port(variable: str, value: str) -> int:
     for candidate in value.split(","):  # libpq allows one port per host in a list
-        if not candidate.isdigit() or not 1 <= int(candidate) <= 65535:
+        if not (candidate.isascii() and candidate.isdigit()) or not 1 <= int(candidate) <= 65535:
             raise ConfigError(variable, f"expected a port number 1-65535, got {value!r}")
     return int(value.split(",")[0])
 
@@ -258,7 +258,7 @@ def _count(environ: Mapping[str, str], variable: str, default: int) -> int:
     raw = environ.get(variable, "").strip()
     if raw == "":
         return default
-    if not raw.isdigit() or int(raw) > 1000:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 1000:
         raise ConfigError(variable, f"expected a whole number from 0 to 1000; got {raw!r}")
     return int(raw)
 

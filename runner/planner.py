@@ -25,9 +25,10 @@ from runner.errors import (
 from runner.sqlscript import non_transactional_statement
 
 FILE_NAME = re.compile(
-    r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.(?P<direction>up|down)\.sql"
+    r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_\-]+)\.(?P<direction>up|down)\.sql"
 )
 APPLIED = "applied"
+MAX_VERSION = 2**63 - 1  # the tracking table's bigint
 NO_TRANSACTION = "-- migrate:no-transaction"
 
 
@@ -272,6 +273,15 @@ def _parse(files: Sequence[MigrationFile]) -> tuple[list[Migration], list[Migrat
             )
             continue
         version = int(match["version"])
+        if version > MAX_VERSION:
+            problems.append(
+                BadMigrationName(
+                    f"{file.filename}: version {match['version']} is larger than {MAX_VERSION}, "
+                    "the largest the tracking table can record",
+                    file=file.filename,
+                )
+            )
+            continue
         seen = ups if match["direction"] == "up" else downs
         if version in seen:
             problems.append(
