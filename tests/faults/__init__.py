@@ -1,0 +1,1 @@
+"""The fault suite (`pytest -m faults`): faults injected while a run is in progress."""

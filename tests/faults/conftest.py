@@ -1,0 +1,39 @@
+"""The fault suite's marker, its registry of faults survived, and the table printed at the end.
+
+Each fault test wraps every injection in `fault_registry.trial(name)`: a run counts, and it
+survived when every invariant held. The table goes to the terminal and to /tmp/fault-table.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import REGISTRY_KEY, FaultRegistry
+
+TABLE_FILE = Path("/tmp/fault-table.md")  # noqa: S108 (asked for at this path)
+MARKER = "faults: injects a fault (lost connection, restart, signal, bad input) during a run"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+    config.stash[REGISTRY_KEY] = FaultRegistry()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    registry = config.stash.get(REGISTRY_KEY, None)
+    if registry is None or not registry.rows:
+        return
+    table = registry.markdown()
+    terminalreporter.section("fault table")
+    terminalreporter.write(table)
+    TABLE_FILE.write_text(table, encoding="utf-8")
+    terminalreporter.write_line(f"(written to {TABLE_FILE})")
+
+
+@pytest.fixture(scope="session")
+def fault_registry(pytestconfig: pytest.Config) -> FaultRegistry:
+    return pytestconfig.stash[REGISTRY_KEY]

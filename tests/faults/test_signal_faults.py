@@ -1,0 +1,76 @@
+"""The runner gets SIGTERM, SIGINT or SIGKILL while a transactional migration runs."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import runner_env
+from tests.faults.harness import (
+    SIGNAL_EXIT,
+    Database,
+    FaultRegistry,
+    RunnerProcess,
+    active_statement,
+    assert_consistent,
+    assert_no_runner_left,
+    assert_rerun_finishes,
+    fresh_database,
+    migration_set,
+    poll_until,
+    started_cluster,
+)
+from tests.pgcluster import TempCluster
+
+pytestmark = [pytest.mark.faults, pytest.mark.cluster]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[TempCluster]:
+    with started_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def db(cluster: TempCluster) -> Iterator[Database]:
+    with fresh_database(cluster) as database:
+        yield database
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("where", ["body", "commit"])
+def test_a_signal_during_a_transactional_migration(
+    db: Database,
+    migrations_dir: Path,
+    fault_registry: FaultRegistry,
+    signum: signal.Signals,
+    where: str,
+) -> None:
+    with fault_registry.trial(f"{signum.name} during a migration's {where}"):
+        if where == "body":
+            versions = migration_set(migrations_dir, 3, slow=2, seconds=3)
+            needle = "pg_sleep"
+        else:
+            versions = migration_set(migrations_dir, 3, slow_commit=2, seconds=3)
+            needle = "COMMIT"
+        with RunnerProcess(runner_env(db.url, migrations_dir)) as runner:
+            poll_until(active_statement(db, needle), 15, f"{needle} never ran")
+            runner.send(signum)
+            run = runner.finish(timeout=15)
+        assert run.code == SIGNAL_EXIT[signum], run.stderr
+        if signum != signal.SIGKILL:
+            assert run.seconds < 15
+            assert run.finished["retryable"] is True
+            assert run.finished["applied"] == [1]
+        assert_no_runner_left(db)
+        applied = assert_consistent(db, versions)
+        if signum == signal.SIGKILL or where == "commit":
+            # Nobody cancels the statement of a killed runner: the server may finish the
+            # migration (when its COMMIT was sent with it); a signal in COMMIT may come too late.
+            assert applied in ({1}, {1, 2})
+        else:
+            assert applied == {1}  # cancelled and rolled back
+        assert_rerun_finishes(db, migrations_dir, versions, applied)
