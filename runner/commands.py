@@ -24,6 +24,7 @@ from runner.errors import (
     HalfApplied,
     MigrationSetError,
     MissingMigration,
+    NeedsAttention,
     RunnerError,
     UnknownVersion,
     UsageError,
@@ -66,9 +67,23 @@ def up(
 ) -> None:
     """Apply every pending migration, each in its own transaction with its tracking row."""
     files = _load(settings)
-    with _locked(settings, sleep) as conn:
-        tracking.ensure(conn, settings.migrations_table)
-        applied = tracking.read(conn, settings.migrations_table)
+    table = settings.migrations_table
+    with _connect(settings, sleep) as conn:
+        # Most runs find nothing to do: say so without the lock. So does a runner that waited
+        # while another applied everything: it stops waiting instead of queueing for the lock.
+        if _up_to_date(conn, files, settings):
+            return
+        key = lock.acquire(
+            conn,
+            table,
+            timeout=settings.lock_timeout,
+            sleep=sleep,
+            unneeded=lambda: _up_to_date(conn, files, settings),
+        )
+        if key is None:
+            return
+        tracking.ensure(conn, table)
+        applied = tracking.read(conn, table)  # read again, under the lock
         todo = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
         _log_plan(report, todo, applied)
         with _applier(conn, settings, sleep) as applier:
@@ -78,6 +93,35 @@ def up(
             for migration in () if single_transaction else todo:
                 applier.up(migration)
                 report.applied.append(migration.version)
+        lock.release(conn, key)
+
+
+def _up_to_date(conn: db.Connection, files: Sequence[MigrationFile], settings: Settings) -> bool:
+    """True when every file is applied, unchanged, and durably so: read without the lock,
+    which only committed rows can satisfy. Anything else is left to the locked path."""
+    applied = tracking.read(conn, settings.migrations_table)
+    if files and not applied:  # a fresh database
+        return False
+    try:
+        pending = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
+    except (MigrationSetError, NeedsAttention):
+        return False
+    if pending:
+        return False
+    # Another runner may have committed these rows asynchronously a moment ago: make them
+    # durable before reporting success.
+    flushed = db.execute(conn, sql.WAL_FLUSHED).fetchone()
+    if not (flushed and flushed[0]):
+        with db.transaction(conn):
+            db.execute(conn, sql.ASSIGN_TRANSACTION_ID)
+    logs.event(
+        logging.INFO,
+        "plan.ready",
+        f"0 migration(s) pending, {len(applied)} applied",
+        pending=[],
+        applied_count=len(applied),
+    )
+    return True
 
 
 def down(
@@ -529,6 +573,7 @@ def _locked(settings: Settings, sleep: Sleep) -> Iterator[db.Connection]:
         key = lock.acquire(
             conn, settings.migrations_table, timeout=settings.lock_timeout, sleep=sleep
         )
+        assert key is not None  # acquire() gives up early only when asked to
         yield conn
         lock.release(conn, key)
 

@@ -18,6 +18,12 @@ from runner import db, logs, retry, sql
 from runner.config import TableName
 from runner.errors import LockTimeout
 
+UNNEEDED = -1 << 64  # not a lock key: keys are signed 64-bit
+
+
+# How often a waiter logs lock.waiting (and asks who holds the lock), at most.
+WAITING_LOG_INTERVAL = 5.0
+
 
 def acquire(
     conn: db.Connection,
@@ -25,12 +31,28 @@ def acquire(
     *,
     timeout: float,
     sleep: Callable[[float], Any] = time.sleep,
-) -> int:
-    """Take the lock for `table`, waiting up to `timeout` seconds; return its key."""
+    unneeded: Callable[[], bool] | None = None,
+) -> int | None:
+    """Take the lock for `table`, waiting up to `timeout` seconds; return its key.
+
+    While waiting, `unneeded()` is asked after each try; when it says the lock is no longer
+    needed (the holder did the work), give up waiting and return None."""
     key = sql.lock_key(table)
     started = time.monotonic()
+    last_logged = [-WAITING_LOG_INTERVAL]
+
+    def attempt() -> int | None:
+        if _try_lock(conn, key):
+            return key
+        if unneeded is not None and unneeded():
+            return UNNEEDED
+        return None
 
     def log_waiting(state: tenacity.RetryCallState) -> None:
+        waited = time.monotonic() - started
+        if waited - last_logged[0] < WAITING_LOG_INTERVAL:
+            return
+        last_logged[0] = waited
         holder = _holder(conn, key)
         logs.event(
             logging.INFO,
@@ -39,27 +61,36 @@ def acquire(
             + (f" (pid {holder['holder_pid']})" if holder else ""),
             lock_key=key,
             attempt=state.attempt_number,
-            waited_s=round(time.monotonic() - started, 3),
+            waited_s=round(waited, 3),
             retry_in_s=round(state.upcoming_sleep, 3),
             **holder,
         )
 
     policy = retry.backoff(
         deadline=timeout,
-        retry=tenacity.retry_if_result(lambda locked: not locked),
+        retry=tenacity.retry_if_result(lambda outcome: outcome is None),
         sleep=sleep,
         initial=0.05,
-        maximum=0.5,  # waiters notice a released lock within half a second
+        maximum=0.25,  # waiters notice a released lock, or finished work, within 0.25 s
         before_sleep=log_waiting,
     )
     try:
-        policy(_try_lock, conn, key)
+        outcome = policy(attempt)
     except tenacity.RetryError:
         holder = _holder(conn, key)
         raise LockTimeout(
             f"another runner held the migration lock for more than {timeout:g}s"
             + (f" (pid {holder['holder_pid']}, {holder['holder_application']})" if holder else "")
         ) from None
+    if outcome == UNNEEDED:
+        logs.event(
+            logging.INFO,
+            "lock.unneeded",
+            "another runner finished the work while this one waited for the lock",
+            lock_key=key,
+            waited_ms=round((time.monotonic() - started) * 1000),
+        )
+        return None
     logs.event(
         logging.INFO,
         "lock.acquired",

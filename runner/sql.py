@@ -216,3 +216,9 @@ RESET_SYNCHRONOUS_COMMIT = sql.SQL("RESET synchronous_commit")
 # A transaction with an id writes a commit record; committing it synchronously flushes the WAL
 # up to there, and so every earlier asynchronous commit.
 ASSIGN_TRANSACTION_ID = sql.SQL("SELECT txid_current()")
+
+# Whether every commit so far is flushed to disk (always true on a standby, which has none).
+WAL_FLUSHED = sql.SQL(
+    "SELECT CASE WHEN pg_is_in_recovery() THEN true "
+    "ELSE pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() END"
+)

@@ -100,6 +100,8 @@ def test_a_second_run_applies_nothing(database_url: str) -> None:
     assert again.code == 0
     assert again.finished["applied"] == []
     assert applied_versions(database_url) == [1]
+    # Nothing to do is found without taking the lock.
+    assert not any(entry["event"] == "lock.acquired" for entry in again.events)
 
 
 def test_a_file_with_many_statements_function_bodies_do_blocks_and_comments_runs_as_written(
@@ -276,6 +278,8 @@ def test_concurrent_runners_apply_each_migration_exactly_once(
     assert applied == [1, 2, 3, 4, 5]
     assert applied_versions(database_url) == [1, 2, 3, 4, 5]
     assert sum(1 for run in runs for e in run.events if e["event"] == "lock.waiting") > 0
+    # Runners that waited while another applied everything stop waiting, without the lock.
+    assert any(e["event"] == "lock.unneeded" for run in runs for e in run.events)
     assert advisory_locks(database_url) == 0
 
 
