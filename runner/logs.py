@@ -50,7 +50,6 @@ class _JsonLines(JsonFormatter):
             "%(levelname)s %(message)s",
             rename_fields={"levelname": "log.level"},
             timestamp="@timestamp",
-            json_ensure_ascii=False,
         )
         self._redact = redact
 

@@ -50,3 +50,11 @@ def test_text_format_for_people() -> None:
     assert "INFO" in line
     assert "[lock.acquired]" in line
     assert "waited_ms=3" in line
+
+
+def test_a_line_separator_in_a_value_cannot_split_the_line() -> None:
+    stream = io.StringIO()
+    logs.configure(log_format="json", level="INFO", stream=stream)
+    logs.event(logging.ERROR, "x", "bad name \x85 \u2028 \r\n end", file="\x85.up.sql")
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["file"] == "\x85.up.sql"
