@@ -75,6 +75,8 @@ class Applier:
         self.statement_timeout = settings.statement_timeout
         self._probe = _BlockerProbe(settings.connection) if self.lock_timeout_ms else None
         self._wrote = False
+        self.applied: list[int] = []  # versions committed by this run, in order
+        self.reverted: list[int] = []
         db.execute(conn, sql.SET_ASYNCHRONOUS_COMMIT)
 
     # -- public -------------------------------------------------------------------------------
@@ -106,7 +108,13 @@ class Applier:
                 single_transaction=True,
             )
         started = time.perf_counter()
-        self._with_lock_retries(steps[0], lambda: self._single_transaction(steps))
+        try:
+            self._with_lock_retries(steps[0], lambda: self._single_transaction(steps))
+        except KeyboardInterrupt:
+            if self._committed_anyway(steps[0]):
+                self.applied.extend(step.migration.version for step in steps)
+            raise
+        self.applied.extend(step.migration.version for step in steps)
         duration = round((time.perf_counter() - started) * 1000)
         for step in steps:
             logs.event(
@@ -146,10 +154,16 @@ class Applier:
             logging.INFO, "migration.started", f"running {step.file.filename}", **step.fields
         )
         started = time.perf_counter()
-        if step.file.no_transaction:
-            statements = self._no_transaction(step)
-        else:
-            statements = self._with_lock_retries(step, lambda: self._transactional(step))
+        try:
+            if step.file.no_transaction:
+                statements = self._no_transaction(step)
+            else:
+                statements = self._with_lock_retries(step, lambda: self._transactional(step))
+        except KeyboardInterrupt:
+            if self._committed_anyway(step):
+                self._done(step)
+            raise
+        self._done(step)
         logs.event(
             logging.INFO,
             "migration.applied" if step.direction == "up" else "migration.reverted",
@@ -159,6 +173,24 @@ class Applier:
             statements=statements,
             duration_ms=round((time.perf_counter() - started) * 1000),
         )
+
+    def _done(self, step: _Step) -> None:
+        done = self.applied if step.direction == "up" else self.reverted
+        done.append(step.migration.version)
+
+    def _committed_anyway(self, step: _Step) -> bool:
+        """After a signal: did the migration commit before the cancel reached the server?
+        The whole file travels in one query with its COMMIT, so a late signal finds it
+        committed. The tracking row decides."""
+        try:
+            self._rollback()
+            row = db.execute(
+                self.conn, sql.select_status(self.table), {"version": step.migration.version}
+            ).fetchone()
+        except psycopg.Error:
+            return False
+        applied = row is not None and row[0] == "applied"
+        return applied if step.direction == "up" else row is None
 
     def _with_lock_retries(self, step: _Step, attempt: Callable[[], int]) -> int:
         def log_retry(state: tenacity.RetryCallState) -> None:

@@ -86,13 +86,11 @@ def up(
         applied = tracking.read(conn, table)  # read again, under the lock
         todo = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
         _log_plan(report, todo, applied)
-        with _applier(conn, settings, sleep) as applier:
+        with _applier(conn, settings, sleep, report) as applier:
             if single_transaction and todo:
                 applier.up_all_in_one(todo)
-                report.applied.extend(m.version for m in todo)
             for migration in () if single_transaction else todo:
                 applier.up(migration)
-                report.applied.append(migration.version)
         lock.release(conn, key)
 
 
@@ -139,10 +137,9 @@ def down(
             reverting=[m.version for m in todo],
             applied_count=len(applied),
         )
-        with _applier(conn, settings, sleep) as applier:
+        with _applier(conn, settings, sleep, report) as applier:
             for migration in todo:
                 applier.down(migration)
-                report.reverted.append(migration.version)
 
 
 def goto(settings: Settings, report: RunReport, target: int, *, sleep: Sleep = time.sleep) -> None:
@@ -161,13 +158,11 @@ def goto(settings: Settings, report: RunReport, target: int, *, sleep: Sleep = t
             reverting=[m.version for m in steps.down],
             applied_count=len(applied),
         )
-        with _applier(conn, settings, sleep) as applier:
+        with _applier(conn, settings, sleep, report) as applier:
             for migration in steps.up:
                 applier.up(migration)
-                report.applied.append(migration.version)
             for migration in steps.down:
                 applier.down(migration)
-                report.reverted.append(migration.version)
 
 
 def baseline(
@@ -579,7 +574,10 @@ def _locked(settings: Settings, sleep: Sleep) -> Iterator[db.Connection]:
 
 
 @contextmanager
-def _applier(conn: db.Connection, settings: Settings, sleep: Sleep) -> Iterator[Applier]:
+def _applier(
+    conn: db.Connection, settings: Settings, sleep: Sleep, report: RunReport
+) -> Iterator[Applier]:
+    """An Applier whose committed versions end up in `report`, whatever happens."""
     applier = Applier(conn, settings, applied_by=_applied_by(conn), sleep=sleep)
     try:
         yield applier
@@ -589,6 +587,8 @@ def _applier(conn: db.Connection, settings: Settings, sleep: Sleep) -> Iterator[
         raise
     finally:
         applier.close()
+        report.applied.extend(applier.applied)
+        report.reverted.extend(applier.reverted)
 
 
 def _log_plan(

@@ -113,6 +113,12 @@ def set_status(table: TableName) -> sql.Composed:
     ).format(table=_table(table))
 
 
+def select_status(table: TableName) -> sql.Composed:
+    return sql.SQL("SELECT status FROM {table} WHERE version = %(version)s").format(
+        table=_table(table)
+    )
+
+
 def delete_row(table: TableName) -> sql.Composed:
     return sql.SQL("DELETE FROM {table} WHERE version = %(version)s").format(table=_table(table))
 

@@ -64,13 +64,14 @@ def test_a_signal_during_a_transactional_migration(
         if signum != signal.SIGKILL:
             assert run.seconds < 15
             assert run.finished["retryable"] is True
-            assert run.finished["applied"] == [1]
         assert_no_runner_left(db)
         applied = assert_consistent(db, versions)
-        if signum == signal.SIGKILL or where == "commit":
-            # Nobody cancels the statement of a killed runner: the server may finish the
-            # migration (when its COMMIT was sent with it); a signal in COMMIT may come too late.
-            assert applied in ({1}, {1, 2})
-        else:
-            assert applied == {1}  # cancelled and rolled back
+        # Nobody cancels the statement of a killed runner, and the migration travels with its
+        # COMMIT: the server may finish it. A signal in COMMIT, or one that reaches a loaded
+        # machine late, may also come too late to cancel. (tests/test_up.py checks the
+        # rollback of a cancelled 60 s statement.) Whatever happened, a runner that lived to
+        # report says exactly what committed.
+        assert applied in ({1}, {1, 2})
+        if signum != signal.SIGKILL:
+            assert set(run.finished["applied"]) == applied
         assert_rerun_finishes(db, migrations_dir, versions, applied)
