@@ -362,17 +362,10 @@ def test_a_failed_concurrent_index_needs_repair_then_heals_itself(
 # -- lock timeouts under load -----------------------------------------------------------------
 
 
-def _hold_lock_on(database_url: str, table: str, seconds: float, ready: threading.Event) -> None:
-    with psycopg.connect(database_url, application_name="busy-app") as conn:
-        conn.execute(f"LOCK TABLE {table} IN ACCESS SHARE MODE".encode())
-        ready.set()
-        time.sleep(seconds)
-        conn.rollback()
-
-
-def test_a_locked_table_makes_the_migration_retry_then_succeed(
-    database_url: str, migrations_dir: Path
-) -> None:
+def _alter_users_while_locked(
+    database_url: str, migrations_dir: Path, hold_seconds: float, **settings: str
+) -> Run:
+    """Run up on `ALTER TABLE users` while another session holds a lock on users."""
     write_migration(migrations_dir, "1_users.up.sql", "CREATE TABLE users (id int);")
     assert run(database_url, migrations_dir, "up").code == 0
     write_migration(
@@ -381,15 +374,29 @@ def test_a_locked_table_makes_the_migration_retry_then_succeed(
         "CREATE TABLE side (id int);\nALTER TABLE users ADD COLUMN email text;",
     )
     ready = threading.Event()
-    holder = threading.Thread(target=_hold_lock_on, args=(database_url, "users", 2.5, ready))
+
+    def hold() -> None:
+        with psycopg.connect(database_url, application_name="busy-app") as conn:
+            conn.execute("LOCK TABLE users IN ACCESS SHARE MODE")
+            ready.set()
+            time.sleep(hold_seconds)
+            conn.rollback()
+
+    holder = threading.Thread(target=hold)
     holder.start()
     ready.wait(10)
     try:
-        result = run(
-            database_url, migrations_dir, "up", DDL_LOCK_TIMEOUT="0.5", DDL_LOCK_RETRIES="20"
-        )
+        return run(database_url, migrations_dir, "up", **settings)
     finally:
         holder.join()
+
+
+def test_a_locked_table_makes_the_migration_retry_then_succeed(
+    database_url: str, migrations_dir: Path
+) -> None:
+    result = _alter_users_while_locked(
+        database_url, migrations_dir, 2.5, DDL_LOCK_TIMEOUT="0.5", DDL_LOCK_RETRIES="20"
+    )
     assert result.code == 0, result.stderr
     retries = [e for e in result.events if e["event"] == "migration.lock_timeout"]
     assert retries
@@ -402,23 +409,9 @@ def test_a_locked_table_makes_the_migration_retry_then_succeed(
 def test_a_long_held_lock_exhausts_the_retries_with_75_and_leaves_nothing(
     database_url: str, migrations_dir: Path
 ) -> None:
-    write_migration(migrations_dir, "1_users.up.sql", "CREATE TABLE users (id int);")
-    assert run(database_url, migrations_dir, "up").code == 0
-    write_migration(
-        migrations_dir,
-        "2_alter.up.sql",
-        "CREATE TABLE side (id int);\nALTER TABLE users ADD COLUMN email text;",
+    result = _alter_users_while_locked(
+        database_url, migrations_dir, 6, DDL_LOCK_TIMEOUT="0.3", DDL_LOCK_RETRIES="2"
     )
-    ready = threading.Event()
-    holder = threading.Thread(target=_hold_lock_on, args=(database_url, "users", 6, ready))
-    holder.start()
-    ready.wait(10)
-    try:
-        result = run(
-            database_url, migrations_dir, "up", DDL_LOCK_TIMEOUT="0.3", DDL_LOCK_RETRIES="2"
-        )
-    finally:
-        holder.join()
     assert result.code == ExitCode.LOCK_TIMEOUT
     assert "busy-app" in result.finished["error"]
     assert result.finished["retryable"] is True

@@ -6,18 +6,24 @@ survived when every invariant held. The table goes to the terminal and to /tmp/f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import REGISTRY_KEY, FaultRegistry
+from tests.faults.harness import (
+    REGISTRY_KEY,
+    Database,
+    FaultRegistry,
+    fresh_database,
+    started_cluster,
+)
+from tests.pgcluster import TempCluster
 
 TABLE_FILE = Path("/tmp/fault-table.md")  # noqa: S108 (asked for at this path)
-MARKER = "faults: injects a fault (lost connection, restart, signal, bad input) during a run"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER)
     config.stash[REGISTRY_KEY] = FaultRegistry()
 
 
@@ -37,3 +43,16 @@ def pytest_terminal_summary(
 @pytest.fixture(scope="session")
 def fault_registry(pytestconfig: pytest.Config) -> FaultRegistry:
     return pytestconfig.stash[REGISTRY_KEY]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[TempCluster]:
+    """A throwaway cluster for one module's faults: a restart or a crash stays in it."""
+    with started_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def db(cluster: TempCluster) -> Iterator[Database]:
+    with fresh_database(cluster) as database:
+        yield database

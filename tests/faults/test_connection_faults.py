@@ -21,12 +21,10 @@ from tests.faults.harness import (
     assert_consistent,
     assert_no_runner_left,
     assert_rerun_finishes,
-    fresh_database,
     migration_set,
     poll_until,
     recorded,
     runner_pid,
-    started_cluster,
 )
 from tests.pgcluster import TempCluster
 from tests.tcpproxy import TcpProxy
@@ -37,18 +35,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.cluster]
 # migration sent as one simple query (BEGIN; file; INSERT row; COMMIT).
 COMMIT = b"COMMIT"
 RECORD = b'INSERT INTO "schema_migrations"'
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[TempCluster]:
-    with started_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def db(cluster: TempCluster) -> Iterator[Database]:
-    with fresh_database(cluster) as database:
-        yield database
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ must be written to be re-runnable, as these are: IF NOT EXISTS)."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,11 @@ from tests.faults.harness import (
     RunnerProcess,
     active_statement,
     assert_no_runner_left,
-    fresh_database,
     poll_until,
     recorded,
     runner_pid,
-    started_cluster,
     write,
 )
-from tests.pgcluster import TempCluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
 
@@ -38,18 +34,6 @@ CREATE TABLE IF NOT EXISTS nt_first (id int);
 SELECT pg_sleep({seconds});
 CREATE TABLE IF NOT EXISTS nt_second (id int);
 """
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[TempCluster]:
-    with started_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def db(cluster: TempCluster) -> Iterator[Database]:
-    with fresh_database(cluster) as database:
-        yield database
 
 
 def no_transaction_set(directory: Path, seconds: float = 3) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,26 +20,12 @@ from tests.faults.harness import (
     assert_consistent,
     assert_no_runner_left,
     assert_rerun_finishes,
-    fresh_database,
     migration_set,
     poll_until,
-    started_cluster,
 )
 from tests.pgcluster import TempCluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[TempCluster]:
-    with started_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def db(cluster: TempCluster) -> Iterator[Database]:
-    with fresh_database(cluster) as database:
-        yield database
 
 
 def test_the_database_comes_up_late(

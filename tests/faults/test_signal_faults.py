@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,26 +17,11 @@ from tests.faults.harness import (
     assert_consistent,
     assert_no_runner_left,
     assert_rerun_finishes,
-    fresh_database,
     migration_set,
     poll_until,
-    started_cluster,
 )
-from tests.pgcluster import TempCluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[TempCluster]:
-    with started_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def db(cluster: TempCluster) -> Iterator[Database]:
-    with fresh_database(cluster) as database:
-        yield database
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
