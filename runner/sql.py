@@ -151,16 +151,6 @@ def set_local_timeouts(lock_timeout_ms: int, statement_timeout_ms: int) -> sql.C
     )
 
 
-def set_session_timeouts(lock_timeout_ms: int, statement_timeout_ms: int) -> sql.Composed:
-    """The same for a no-transaction migration's statements, for the session."""
-    return sql.SQL(
-        "SELECT set_config('lock_timeout', {lock}, false), "
-        "set_config('statement_timeout', {statement}, false)"
-    ).format(
-        lock=sql.Literal(f"{lock_timeout_ms}ms"), statement=sql.Literal(f"{statement_timeout_ms}ms")
-    )
-
-
 # The sessions that block `pid`, as pg_blocking_pids() sees them.
 BLOCKERS = sql.SQL(
     """SELECT a.pid, a.application_name, a.state,
