@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -136,8 +138,6 @@ def runner_env(database_url: str | None, migrations: Path | None, **extra: str) 
 def run_entrypoint(
     *args: str, env: Mapping[str, str], timeout: float = 120, cwd: Path | None = None
 ) -> Run:
-    import time
-
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, str(ENTRYPOINT), *args],
@@ -149,6 +149,90 @@ def run_entrypoint(
         check=False,
     )
     return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
+
+
+class RunnerProcess:
+    """`entrypoint.py up` in the background; its stderr read line by line as it comes."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, str(ENTRYPOINT), *(args or ("up",))],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stream = self.process.stderr
+        assert stream is not None
+        try:
+            for line in stream:
+                with self._changed:
+                    self.lines.append(line)
+                    self._changed.notify_all()
+        finally:
+            with self._changed:
+                self._eof = True
+                self._changed.notify_all()
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._changed:
+            lines = list(self.lines)
+        found = []
+        for line in lines:
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by SIGKILL
+        return found
+
+    def wait_for(self, event: str, timeout: float = 30, **fields: Any) -> dict[str, Any]:
+        """The first log line of `event` (with these field values); fail if none comes."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for entry in self.events():
+                    if entry.get("event") == event and all(
+                        entry.get(k) == v for k, v in fields.items()
+                    ):
+                        return entry
+                left = deadline - time.monotonic()
+                if self._eof or left <= 0:
+                    raise AssertionError(
+                        f"no {event} {fields or ''} in the runner's log:\n" + "".join(self.lines)
+                    )
+                self._changed.wait(left)
+
+    def send(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def finish(self, timeout: float = 60) -> Run:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        seconds = time.monotonic() - self.started
+        return Run(code, "", "".join(self.lines), seconds)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+    def __enter__(self) -> RunnerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,10 +12,9 @@ import pytest
 
 from runner.exit_codes import ExitCode
 from tests.conftest import (
-    ENTRYPOINT,
-    ROOT,
     SEED_MIGRATIONS,
     Run,
+    RunnerProcess,
     query,
     run_entrypoint,
     runner_env,
@@ -189,29 +186,13 @@ def test_sigint_during_a_migration_exits_130(database_url: str, migrations_dir: 
     write_migration(
         migrations_dir, "1_slow.up.sql", "CREATE TABLE slow (id int); SELECT pg_sleep(60);"
     )
-    process = subprocess.Popen(
-        [sys.executable, str(ENTRYPOINT), "up"],
-        env=runner_env(database_url, migrations_dir),
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if '"migration.started"' in line:
-                break
+    with RunnerProcess(runner_env(database_url, migrations_dir)) as runner:
+        runner.wait_for("migration.started")
         time.sleep(0.5)
-        process.send_signal(2)
-        rest = process.stderr.read()
-        code = process.wait(timeout=30)
-    finally:
-        process.kill()
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
-    assert code == ExitCode.INTERRUPTED, rest
-    assert json.loads(rest.splitlines()[-1])["retryable"] is True
+        runner.send(2)
+        run = runner.finish(timeout=30)
+    assert run.code == ExitCode.INTERRUPTED, run.stderr
+    assert run.finished["retryable"] is True
     assert query(database_url, "SELECT to_regclass('slow')") == [(None,)]
 
 

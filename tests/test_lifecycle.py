@@ -3,8 +3,6 @@ await, no-transaction migrations, lock timeouts under load, --single-transaction
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +10,14 @@ from pathlib import Path
 import psycopg
 
 from runner.exit_codes import ExitCode
-from tests.conftest import ENTRYPOINT, ROOT, Run, query, run_entrypoint, runner_env, write_migration
+from tests.conftest import (
+    Run,
+    RunnerProcess,
+    query,
+    run_entrypoint,
+    runner_env,
+    write_migration,
+)
 
 
 def run(database_url: str | None, migrations: Path, *args: str, **extra: str) -> Run:
@@ -255,20 +260,13 @@ def test_await_waits_for_the_schema_without_locking_or_writing(
     assert query(database_url, "SELECT to_regclass('schema_migrations')") == [(None,)]
 
     env = runner_env(database_url, migrations_dir, AWAIT_TIMEOUT="30")
-    waiter = subprocess.Popen(
-        [sys.executable, str(ENTRYPOINT), "await"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(1.0)
-    assert waiter.poll() is None
-    assert run(database_url, migrations_dir, "up").code == 0
-    _, stderr = waiter.communicate(timeout=30)
-    assert waiter.returncode == 0, stderr
-    assert '"await.ready"' in stderr
+    with RunnerProcess(env, "await") as waiter:
+        time.sleep(1.0)
+        assert waiter.process.poll() is None
+        assert run(database_url, migrations_dir, "up").code == 0
+        awaited = waiter.finish(timeout=30)
+    assert awaited.code == 0, awaited.stderr
+    assert awaited.event("await.ready")
 
 
 def test_await_refuses_a_database_newer_than_the_image(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,10 +15,10 @@ import psycopg
 import pytest
 
 from tests.conftest import (
-    ENTRYPOINT,
     ROOT,
     SEED_MIGRATIONS,
     Run,
+    RunnerProcess,
     query,
     run_entrypoint,
     runner_env,
@@ -309,19 +310,8 @@ def test_sigterm_during_a_long_migration_rolls_back_and_exits_143(
     write_migration(
         migrations_dir, "1_slow.up.sql", "CREATE TABLE slow (id int);\nSELECT pg_sleep(60);"
     )
-    env = runner_env(database_url, migrations_dir)
-    process = subprocess.Popen(
-        [sys.executable, str(ENTRYPOINT), "up"],
-        env=env,
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if '"migration.started"' in line:
-                break
+    with RunnerProcess(runner_env(database_url, migrations_dir)) as runner:
+        runner.wait_for("migration.started")
         # The statement is running in the server now.
         _wait_for(
             lambda: (
@@ -334,18 +324,12 @@ def test_sigterm_during_a_long_migration_rolls_back_and_exits_143(
             )
         )
         sent = time.monotonic()
-        process.terminate()
-        rest = process.stderr.read()
-        code = process.wait(timeout=30)
+        runner.send(signal.SIGTERM)
+        run = runner.finish(timeout=30)
         elapsed = time.monotonic() - sent
-    finally:
-        process.kill()
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
-    assert code == 143, rest
+    assert run.code == 143, run.stderr
     assert elapsed < 3
-    assert '"run.finished"' in rest.splitlines()[-1]
+    assert run.finished["exit_code"] == 143
     assert query(database_url, "SELECT to_regclass('slow')") == [(None,)]
     assert applied_versions(database_url) == []
     assert advisory_locks(database_url) == 0

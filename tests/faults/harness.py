@@ -3,11 +3,7 @@ and the invariants checked after each fault."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import ENTRYPOINT, ROOT, Run, query, run_entrypoint, runner_env
+from tests.conftest import Run, query, run_entrypoint, runner_env
 from tests.pgcluster import TempCluster
 
 APPLICATION = "migration-runner"
@@ -101,90 +97,6 @@ def fresh_database(cluster: TempCluster) -> Iterator[Database]:
 
 
 # -- a runner process the test can watch -------------------------------------------------------
-
-
-class RunnerProcess:
-    """`entrypoint.py up` in the background; its stderr read line by line as it comes."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, str(ENTRYPOINT), *(args or ("up",))],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        stream = self.process.stderr
-        assert stream is not None
-        try:
-            for line in stream:
-                with self._changed:
-                    self.lines.append(line)
-                    self._changed.notify_all()
-        finally:
-            with self._changed:
-                self._eof = True
-                self._changed.notify_all()
-
-    def events(self) -> list[dict[str, Any]]:
-        with self._changed:
-            lines = list(self.lines)
-        found = []
-        for line in lines:
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut short by SIGKILL
-        return found
-
-    def wait_for(self, event: str, timeout: float = 30, **fields: Any) -> dict[str, Any]:
-        """The first log line of `event` (with these field values); fail if none comes."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for entry in self.events():
-                    if entry.get("event") == event and all(
-                        entry.get(k) == v for k, v in fields.items()
-                    ):
-                        return entry
-                left = deadline - time.monotonic()
-                if self._eof or left <= 0:
-                    raise AssertionError(
-                        f"no {event} {fields or ''} in the runner's log:\n" + "".join(self.lines)
-                    )
-                self._changed.wait(left)
-
-    def send(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def finish(self, timeout: float = 60) -> Run:
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        seconds = time.monotonic() - self.started
-        return Run(code, "", "".join(self.lines), seconds)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self._reader.join(timeout=10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-
-    def __enter__(self) -> RunnerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # -- a migration set whose state can be read back ----------------------------------------------

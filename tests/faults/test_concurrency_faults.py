@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from runner.exit_codes import ExitCode
-from tests.conftest import ENTRYPOINT, ROOT, Run, runner_env
+from tests.conftest import ENTRYPOINT, ROOT, Run, RunnerProcess, runner_env
 from tests.faults.harness import (
     Database,
     FaultRegistry,
-    RunnerProcess,
     active_statement,
     assert_consistent,
     assert_no_runner_left,

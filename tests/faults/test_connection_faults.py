@@ -12,11 +12,10 @@ import psycopg
 import pytest
 
 from runner.exit_codes import ExitCode
-from tests.conftest import runner_env
+from tests.conftest import RunnerProcess, runner_env
 from tests.faults.harness import (
     Database,
     FaultRegistry,
-    RunnerProcess,
     active_statement,
     assert_consistent,
     assert_no_runner_left,

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import runner_env
+from tests.conftest import RunnerProcess, runner_env
 from tests.faults.harness import (
     SIGNAL_EXIT,
     Database,
     FaultRegistry,
-    RunnerProcess,
     active_statement,
     assert_consistent,
     assert_no_runner_left,
