@@ -307,8 +307,9 @@ class Applier:
         if step.direction == "up":
             db.execute(
                 self.conn,
-                sql.insert_running(self.table),
+                sql.insert_row(self.table),
                 {
+                    "status": "running",
                     "version": version,
                     "name": step.migration.name,
                     "checksum": step.file.checksum,

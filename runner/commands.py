@@ -319,12 +319,12 @@ def _record_without_running(
 ) -> None:
     db.execute(
         conn,
-        sql.insert_applied(settings.migrations_table),
+        sql.insert_row(settings.migrations_table),
         {
+            "status": APPLIED,
             "version": migration.version,
             "name": migration.name,
             "checksum": migration.up.checksum,
-            "execution_ms": 0,
             "applied_by": applied_by,
         },
     )

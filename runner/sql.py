@@ -73,11 +73,12 @@ def select_applied(table: TableName) -> sql.Composed:
     ).format(table=_table(table))
 
 
-def insert_applied(table: TableName) -> sql.Composed:
+def insert_row(table: TableName) -> sql.Composed:
+    """A row whose execution time is not measured: a no-transaction migration `running`
+    before its first statement, or one recorded as `applied` without running it."""
     return sql.SQL(
         "INSERT INTO {table} (version, name, checksum, status, execution_ms, applied_by) "
-        "VALUES (%(version)s, %(name)s, %(checksum)s, 'applied', %(execution_ms)s, "
-        "%(applied_by)s)"
+        "VALUES (%(version)s, %(name)s, %(checksum)s, %(status)s, 0, %(applied_by)s)"
     ).format(table=_table(table))
 
 
@@ -96,14 +97,6 @@ LIMIT 1"""
 )
 
 SESSION_INFO = sql.SQL("SELECT current_user, current_database(), version()")
-
-
-def insert_running(table: TableName) -> sql.Composed:
-    """The row of a no-transaction migration, written before its first statement."""
-    return sql.SQL(
-        "INSERT INTO {table} (version, name, checksum, status, execution_ms, applied_by) "
-        "VALUES (%(version)s, %(name)s, %(checksum)s, 'running', 0, %(applied_by)s)"
-    ).format(table=_table(table))
 
 
 def set_status(table: TableName) -> sql.Composed:
