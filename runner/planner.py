@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from runner.errors import (
     BadMigrationName,
@@ -42,6 +43,11 @@ class MigrationFile:
 
     def text(self) -> str:
         """The SQL: UTF-8, a leading byte-order mark dropped; undecodable files refused."""
+        return self._text
+
+    # Decoded once: the planner, the lock wait and the applier all ask for it.
+    @cached_property
+    def _text(self) -> str:
         try:
             text = self.content.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -57,7 +63,7 @@ class MigrationFile:
             )
         return text.removeprefix("\ufeff")
 
-    @property
+    @cached_property
     def no_transaction(self) -> bool:
         """True when the first line is `-- migrate:no-transaction`."""
         first_line = self.text().split("\n", 1)[0]
