@@ -9,6 +9,7 @@ on; `finish()` makes every commit durable before the run reports success.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,12 +21,21 @@ import tenacity
 from psycopg.sql import Composed
 
 from runner import db, logs, retry, sql, sqlscript
-from runner.config import ConnectionSettings, Settings
-from runner.errors import DatabaseUnreachable, DdlLockTimeout, MigrationFailed, NeedsNoTransaction
-from runner.planner import Migration, MigrationFile
+from runner.config import ConnectionSettings, Settings, TableName
+from runner.errors import (
+    DatabaseUnreachable,
+    DdlLockTimeout,
+    MigrationFailed,
+    NeedsNoTransaction,
+    UnsupportedStatement,
+)
+from runner.planner import FileShape, Migration, MigrationFile
+from runner.sqlscript import CopyData, Statement
 
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
+BATCH = 1 << 20  # characters of statements sent in one query when a file is streamed
+_COPY_LINE = re.compile(r"\bline (\d+)")
 
 
 @dataclass(frozen=True)
@@ -62,11 +72,12 @@ class Applier:
         conn: db.Connection,
         settings: Settings,
         *,
+        table: TableName,
         applied_by: str,
         sleep: Callable[[float], Any] = time.sleep,
     ) -> None:
         self.conn = conn
-        self.table = settings.migrations_table
+        self.table = table
         self.applied_by = applied_by
         self.sleep = sleep
         self.lock_timeout_ms = round(settings.ddl_lock_timeout * 1000)
@@ -77,7 +88,9 @@ class Applier:
         self._wrote = False
         self.applied: list[int] = []  # versions committed by this run, in order
         self.reverted: list[int] = []
+        self._running: _Step | None = None  # whose NOTICEs the server is sending
         db.execute(conn, sql.SET_ASYNCHRONOUS_COMMIT)
+        conn.add_notice_handler(self._notice)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -99,6 +112,8 @@ class Applier:
                     version=migration.version,
                 )
         steps = [_Step(migration, migration.up, "up") for migration in migrations]
+        for step in steps:
+            step.file.shape  # noqa: B018 (refused before anything runs)
         for step in steps:
             logs.event(
                 logging.INFO,
@@ -154,6 +169,7 @@ class Applier:
             logging.INFO, "migration.started", f"running {step.file.filename}", **step.fields
         )
         started = time.perf_counter()
+        self._running = step
         try:
             if step.file.no_transaction:
                 statements = self._no_transaction(step)
@@ -163,6 +179,8 @@ class Applier:
             if self._committed_anyway(step):
                 self._done(step)
             raise
+        finally:
+            self._running = None
         self._done(step)
         logs.event(
             logging.INFO,
@@ -230,37 +248,133 @@ class Applier:
             ) from None
 
     def _transactional(self, step: _Step) -> int:
-        text = step.file.text()
-        prefix = (
-            "BEGIN;\n"
-            + sql.set_local_timeouts(self.lock_timeout_ms, self.statement_timeout_ms).as_string(
-                self.conn
-            )
-            + ";\n"
-        )
-        suffix = "\n;\n" + self._record(step).as_string(self.conn) + ";\nCOMMIT;"
-        return self._send(step, text, prefix, suffix, ours=2)
+        done = self._body(step, self._opening(), self._closing(step, commit=True))
+        self._wrote = True
+        return done
 
     def _single_transaction(self, steps: Sequence[_Step]) -> int:
-        db.execute(self.conn, sql.BEGIN)
-        timeouts = sql.set_local_timeouts(self.lock_timeout_ms, self.statement_timeout_ms)
-        db.execute(self.conn, timeouts)
+        self._own(steps[0], self._opening())
         done = 0
         for step in steps:
-            suffix = "\n;\n" + self._record(step).as_string(self.conn) + ";"
-            done += self._send(step, step.file.text(), "", suffix, ours=0, commit=False)
+            self._running = step
+            done += self._body(step, _Own("", 0), self._closing(step, commit=False))
         db.execute(self.conn, sql.COMMIT)
         self._wrote = True
         return done
 
-    def _send(
-        self, step: _Step, text: str, prefix: str, suffix: str, *, ours: int, commit: bool = True
-    ) -> int:
-        """Run prefix + file + suffix; map a failure to the file's own line."""
+    def _opening(self) -> _Own:
+        timeouts = sql.set_local_timeouts(self.lock_timeout_ms, self.statement_timeout_ms)
+        text = f"BEGIN;\n{sql.SESSION_RESET};\n{timeouts.as_string(self.conn)};\n"
+        return _Own(text, 1 + sql.SESSION_RESET_STATEMENTS + 1)
+
+    def _closing(self, step: _Step, *, commit: bool) -> _Own:
+        record = self._record(step).as_string(self.conn)
+        text = f"\n;\n{sql.SESSION_RESET};\n{record};" + ("\nCOMMIT;" if commit else "")
+        return _Own(text, sql.SESSION_RESET_STATEMENTS + 1 + int(commit))
+
+    def _body(self, step: _Step, opening: _Own, closing: _Own) -> int:
+        """Run the file between `opening` and `closing`, our own statements: one query for a
+        small file; batches, and COPY data streamed, for the rest. Returns its statement count."""
+        shape = step.file.shape
+        if shape.wrapper:
+            begin, commit = shape.wrapper
+            logs.event(
+                logging.WARNING,
+                "migration.transaction_wrapper_ignored",
+                f"{step.file.filename}: its own BEGIN (line {begin.line}) and COMMIT (line "
+                f"{commit.line}) are ignored: it runs in the runner's transaction with its row",
+                **step.fields,
+                begin_line=begin.line,
+                commit_line=commit.line,
+            )
+        if step.file.content is not None and not shape.has_copy:
+            text = _without_wrapper(step.file.text(), shape)
+
+            def locate(failure: db.ScriptError) -> int | None:
+                return _line_in_text(text, failure, len(opening.text), opening.statements)
+
+            ran = self._send(step, opening.text + text + closing.text, locate)
+            return ran - opening.statements - closing.statements
+        if opening.text:
+            self._own(step, opening)
+        done = self._stream(step, shape)
+        self._own(step, closing)
+        return done
+
+    def _stream(self, step: _Step, shape: FileShape) -> int:
+        ignored = {statement.offset for statement in shape.wrapper or ()}
+        batch: list[Statement] = []
+        size = done = 0
+        try:
+            with step.file.reader() as read:
+                for unit in sqlscript.read_units(read):
+                    if isinstance(unit, CopyData):
+                        done += self._batch(step, batch) + self._copy(step, unit, in_block=True)
+                        batch, size = [], 0
+                    elif unit.offset not in ignored:
+                        batch.append(unit)
+                        size += len(unit.text)
+                        if size >= BATCH:
+                            done += self._batch(step, batch)
+                            batch, size = [], 0
+        except sqlscript.ScriptSyntaxError as error:  # the file changed since it was read
+            raise UnsupportedStatement(
+                f"{step.file.filename}: {error}", file=step.file.filename, line=error.line
+            ) from None
+        return done + self._batch(step, batch)
+
+    def _batch(self, step: _Step, statements: Sequence[Statement]) -> int:
+        """Several statements of a streamed file in one query."""
+        if not statements:
+            return 0
+        starts = []
+        query = ""
+        for statement in statements:
+            starts.append(len(query))
+            query += statement.text + ";\n"
+
+        def locate(failure: db.ScriptError) -> int | None:
+            position = failure.error.diag.statement_position
+            if position and position.isdigit():
+                at = int(position) - 1
+                index = max(i for i, start in enumerate(starts) if start <= at)
+                statement = statements[index]
+                return statement.line + statement.text.count("\n", 0, at - starts[index])
+            if 0 <= failure.statement_index < len(statements):
+                return statements[failure.statement_index].line
+            return None
+
+        return self._send(step, query, locate)
+
+    def _copy(self, step: _Step, unit: CopyData, *, in_block: bool) -> int:
+        """COPY ... FROM stdin with the file's inline data, streamed as it is read."""
+        try:
+            with self.conn.cursor() as cursor, cursor.copy(unit.statement.text) as copy:
+                for piece in unit.pieces:
+                    copy.write(piece)
+        except psycopg.Error as error:
+            if self._connection_lost(error):
+                raise self._lost(step, error) from None
+            if in_block:
+                self._rollback()
+            line = unit.statement.line
+            found = _COPY_LINE.search(error.diag.context or "")
+            if found:  # "COPY t, line 3": the third line of data, which starts on the next
+                line += int(found.group(1))
+            raise self._failure(step, error, line, rolled_back=in_block) from None
+        return 1
+
+    def _own(self, step: _Step, own: _Own) -> None:
+        """Our own statements around a file: a failure there names no line of it."""
+        self._send(step, own.text, lambda failure: None)
+
+    def _send(self, step: _Step, query: str, locate: Callable[[db.ScriptError], int | None]) -> int:
+        """Run `query` in the migration's transaction; a failure rolls it back and names the
+        file's line that `locate` finds for it. Returns how many statements ran."""
         if self._probe:
             self._probe.arm(self.conn.info.backend_pid, self.lock_timeout_ms / 1000)
         try:
-            ran = db.run_script(self.conn, prefix + text + suffix)
+            ran = db.run_script(self.conn, query)
         except db.ScriptError as failure:
             blockers = self._probe.disarm() if self._probe else []
             error = failure.error
@@ -269,17 +383,33 @@ class Applier:
             self._rollback()
             if error.sqlstate == LOCK_NOT_AVAILABLE and self.lock_timeout_ms:
                 raise _LockTimeoutRetry(blockers) from None
-            index = failure.statement_index - ours
-            raise self._failed(step, text, error, index, len(prefix)) from None
+            raise self._failure(step, error, locate(failure), rolled_back=True) from None
         except psycopg.OperationalError as error:
             if self._probe:
                 self._probe.disarm()
             raise self._lost(step, error) from None
         if self._probe:
             self._probe.disarm()
-        if commit:
-            self._wrote = True
-        return ran - ours - (2 if commit else 1)
+        return ran
+
+    def _notice(self, diagnostic: psycopg.errors.Diagnostic) -> None:
+        """A NOTICE or WARNING the server sent while a migration ran (RAISE NOTICE, say)."""
+        step = self._running
+        if step is None:
+            return
+        severity = diagnostic.severity_nonlocalized or diagnostic.severity or "NOTICE"
+        message = diagnostic.message_primary or ""
+        logs.event(
+            logging.WARNING if severity == "WARNING" else logging.INFO,
+            "migration.notice",
+            f"{step.file.filename}: {severity}: {message}",
+            **step.fields,
+            severity=severity,
+            sqlstate=diagnostic.sqlstate,
+            notice=message,
+            detail=diagnostic.message_detail,
+            hint=diagnostic.message_hint,
+        )
 
     def _record(self, step: _Step) -> Composed:
         if step.direction == "down":
@@ -296,14 +426,17 @@ class Applier:
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             db.execute(self.conn, sql.ROLLBACK)
 
+    def _reset_session(self) -> None:
+        db.run_script(self.conn, sql.SESSION_RESET)
+
     # -- no transaction -----------------------------------------------------------------------
 
     def _no_transaction(self, step: _Step) -> int:
-        """Statement by statement, in autocommit. The row says `running` until the last one
-        succeeds; a failure or a death leaves it `running` or `failed` for a person."""
-        text = step.file.text()
-        statements = sqlscript.split(text)
+        """Statement by statement, in autocommit; a file's own BEGIN ... COMMIT blocks run as
+        written. The row says `running` until the last one succeeds; a failure or a death
+        leaves it `running` or `failed` for a person."""
         version = step.migration.version
+        self._reset_session()
         if step.direction == "up":
             db.execute(
                 self.conn,
@@ -319,19 +452,16 @@ class Applier:
         else:
             self._set_status(version, "running", 0)
         started = time.perf_counter()
+        done = 0
         try:
-            for statement in statements:
-                index = sqlscript.concurrent_index(statement.text)
-                if index:
-                    self._drop_invalid_index(step, *index)
-                try:
-                    db.run_script(self.conn, statement.text)
-                except db.ScriptError as failure:
-                    if self._connection_lost(failure.error):
-                        raise self._lost(step, failure.error) from None
-                    raise self._failed_statement(step, text, statement, failure.error) from None
-                if index:
-                    self._check_index_valid(step, text, statement, *index)
+            with step.file.reader() as read:
+                for unit in sqlscript.read_units(read):
+                    if isinstance(unit, CopyData):
+                        in_block = self.conn.info.transaction_status != _IDLE
+                        done += self._copy(step, unit, in_block=in_block)
+                        continue
+                    self._no_transaction_statement(step, unit)
+                    done += 1
         except psycopg.OperationalError as error:
             raise self._lost(step, error) from None
         except BaseException as stopped:
@@ -339,12 +469,26 @@ class Applier:
                 self._mark_failed(version)
             raise
         elapsed = round((time.perf_counter() - started) * 1000)
+        self._reset_session()
         if step.direction == "up":
             self._set_status(version, "applied", elapsed)
         else:
             db.execute(self.conn, sql.delete_row(self.table), {"version": version})
         self._wrote = True
-        return len(statements)
+        return done
+
+    def _no_transaction_statement(self, step: _Step, statement: Statement) -> None:
+        index = sqlscript.concurrent_index(statement.text)
+        if index:
+            self._drop_invalid_index(step, *index)
+        try:
+            db.run_script(self.conn, statement.text)
+        except db.ScriptError as failure:
+            if self._connection_lost(failure.error):
+                raise self._lost(step, failure.error) from None
+            raise self._failed_statement(step, statement, failure.error) from None
+        if index:
+            self._check_index_valid(step, statement, *index)
 
     def _set_status(self, version: int, status: str, elapsed_ms: int) -> None:
         db.execute(
@@ -357,6 +501,7 @@ class Applier:
         """Best effort: the row already says `running`, which a later run also refuses."""
         try:
             self._rollback()
+            self._reset_session()
             self._set_status(version, "failed", 0)
         except (psycopg.Error, KeyboardInterrupt):
             logs.event(
@@ -381,9 +526,7 @@ class Applier:
             index=f"{schema}.{name}",
         )
 
-    def _check_index_valid(
-        self, step: _Step, text: str, statement: sqlscript.Statement, name: str, table: str
-    ) -> None:
+    def _check_index_valid(self, step: _Step, statement: Statement, name: str, table: str) -> None:
         row = db.execute(self.conn, sql.INDEX_VALIDITY, {"name": name, "table": table}).fetchone()
         if row is not None and row[1]:
             return
@@ -399,25 +542,13 @@ class Applier:
 
     # -- errors -------------------------------------------------------------------------------
 
-    def _failed(
-        self, step: _Step, text: str, error: psycopg.Error, index: int, prefix_length: int
-    ) -> MigrationFailed:
-        line: int | None = None
-        position = error.diag.statement_position
-        if position and position.isdigit() and 0 <= int(position) - 1 - prefix_length < len(text):
-            line = sqlscript.line_of(text, int(position) - 1 - prefix_length)
-        elif index >= 0:
-            statements = sqlscript.split(text)
-            line = statements[index].line if index < len(statements) else None
-        return self._failure(step, error, line, rolled_back=True)
-
     def _failed_statement(
-        self, step: _Step, text: str, statement: sqlscript.Statement, error: psycopg.Error
+        self, step: _Step, statement: Statement, error: psycopg.Error
     ) -> MigrationFailed:
         position = error.diag.statement_position
         line = statement.line
         if position and position.isdigit():
-            line = sqlscript.line_of(text, statement.offset + int(position) - 1)
+            line += statement.text.count("\n", 0, int(position) - 1)
         return self._failure(step, error, line, rolled_back=False)
 
     def _failure(
@@ -455,6 +586,37 @@ class Applier:
             f"{' '.join(str(error).split())}; run again: the tracking table tells whether it "
             "committed"
         )
+
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+@dataclass(frozen=True)
+class _Own:
+    """The runner's own statements before or after a file's, sent in the same query."""
+
+    text: str
+    statements: int
+
+
+def _without_wrapper(text: str, shape: FileShape) -> str:
+    """The file with its own BEGIN and COMMIT blanked out, lines and columns kept."""
+    for statement in shape.wrapper or ():
+        end = statement.offset + len(statement.text)
+        text = text[: statement.offset] + re.sub(r"[^\n]", " ", statement.text) + text[end:]
+    return text
+
+
+def _line_in_text(text: str, failure: db.ScriptError, prefix_length: int, ours: int) -> int | None:
+    """The line of `text` that a failure of opening + text + closing points at."""
+    position = failure.error.diag.statement_position
+    if position and position.isdigit() and 0 <= int(position) - 1 - prefix_length < len(text):
+        return sqlscript.line_of(text, int(position) - 1 - prefix_length)
+    index = failure.statement_index - ours
+    if index >= 0:
+        statements = sqlscript.split(text)
+        return statements[index].line if index < len(statements) else None
+    return None
 
 
 class _BlockerProbe:

@@ -16,7 +16,7 @@ import tenacity
 
 from runner import db, lock, logs, migrations, retry, sql, tracking, wait
 from runner.apply import Applier
-from runner.config import Settings, TableName
+from runner.config import ConnectionSettings, Settings, TableName
 from runner.errors import (
     AwaitTimeout,
     DatabaseUnreachable,
@@ -27,6 +27,7 @@ from runner.errors import (
     NeedsAttention,
     RunnerError,
     UnknownVersion,
+    UnsupportedStatement,
     UsageError,
 )
 from runner.planner import (
@@ -34,6 +35,7 @@ from runner.planner import (
     AppliedMigration,
     Migration,
     MigrationFile,
+    content_problems,
     find_problems,
     parse_files,
     plan,
@@ -67,18 +69,19 @@ def up(
 ) -> None:
     """Apply every pending migration, each in its own transaction with its tracking row."""
     files = _load(settings)
-    table = settings.migrations_table
     with _connect(settings, sleep) as conn:
+        table = tracking.resolve(conn, settings.migrations_table)
         # Most runs find nothing to do: say so without the lock. So does a runner that waited
         # while another applied everything: it stops waiting instead of queueing for the lock.
-        if _up_to_date(conn, files, settings):
+        if _up_to_date(conn, files, table, settings):
             return
+        lock.require_stable_session(conn, _connection(settings))
         key = lock.acquire(
             conn,
             table,
             timeout=settings.lock_timeout,
             sleep=sleep,
-            unneeded=lambda: _up_to_date(conn, files, settings),
+            unneeded=lambda: _up_to_date(conn, files, table, settings),
         )
         if key is None:
             return
@@ -86,7 +89,7 @@ def up(
         applied = tracking.read(conn, table)  # read again, under the lock
         todo = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
         _log_plan(report, todo, applied)
-        with _applier(conn, settings, sleep, report) as applier:
+        with _applier(conn, table, settings, sleep, report) as applier:
             if single_transaction and todo:
                 applier.up_all_in_one(todo)
             for migration in () if single_transaction else todo:
@@ -94,14 +97,16 @@ def up(
         lock.release(conn, key)
 
 
-def _up_to_date(conn: db.Connection, files: Sequence[MigrationFile], settings: Settings) -> bool:
+def _up_to_date(
+    conn: db.Connection, files: Sequence[MigrationFile], table: TableName, settings: Settings
+) -> bool:
     """True when every file is applied, unchanged, and durably so: read without the lock,
     which only committed rows can satisfy. Anything else is left to the locked path."""
-    applied = tracking.read(conn, settings.migrations_table)
-    if files and not applied:  # a fresh database
-        return False
+    applied = tracking.read(conn, table)
     try:
         pending = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
+    except UnsupportedStatement:
+        raise  # a pending file that cannot run as written: refused before anything changes
     except (MigrationSetError, NeedsAttention):
         return False
     if pending:
@@ -127,8 +132,8 @@ def down(
 ) -> None:
     """Roll back the newest `count` applied migrations (all when None), newest first."""
     files = _load(settings)
-    with _locked(settings, sleep) as conn:
-        applied = tracking.read(conn, settings.migrations_table)
+    with _locked(settings, sleep) as (conn, table):
+        applied = tracking.read(conn, table)
         todo = plan_down(files, applied, count)
         logs.event(
             logging.INFO,
@@ -137,7 +142,7 @@ def down(
             reverting=[m.version for m in todo],
             applied_count=len(applied),
         )
-        with _applier(conn, settings, sleep, report) as applier:
+        with _applier(conn, table, settings, sleep, report) as applier:
             for migration in todo:
                 applier.down(migration)
 
@@ -145,9 +150,9 @@ def down(
 def goto(settings: Settings, report: RunReport, target: int, *, sleep: Sleep = time.sleep) -> None:
     """Up or down to exactly `target` (0: before the first migration)."""
     files = _load(settings)
-    with _locked(settings, sleep) as conn:
-        tracking.ensure(conn, settings.migrations_table)
-        applied = tracking.read(conn, settings.migrations_table)
+    with _locked(settings, sleep) as (conn, table):
+        tracking.ensure(conn, table)
+        applied = tracking.read(conn, table)
         steps = plan_goto(files, applied, target, allow_out_of_order=settings.allow_out_of_order)
         logs.event(
             logging.INFO,
@@ -158,7 +163,7 @@ def goto(settings: Settings, report: RunReport, target: int, *, sleep: Sleep = t
             reverting=[m.version for m in steps.down],
             applied_count=len(applied),
         )
-        with _applier(conn, settings, sleep, report) as applier:
+        with _applier(conn, table, settings, sleep, report) as applier:
             for migration in steps.up:
                 applier.up(migration)
             for migration in steps.down:
@@ -174,9 +179,9 @@ def baseline(
     migrations_on_disk = parse_files(files)
     if version not in {m.version for m in migrations_on_disk}:
         raise UnknownVersion(f"no migration with version {version} on disk", version=version)
-    with _locked(settings, sleep) as conn:
-        tracking.ensure(conn, settings.migrations_table)
-        applied = tracking.read(conn, settings.migrations_table)
+    with _locked(settings, sleep) as (conn, table):
+        tracking.ensure(conn, table)
+        applied = tracking.read(conn, table)
         _refuse(find_problems(files, applied, allow_out_of_order=True))
         recorded = {row.version for row in applied}
         chosen = [
@@ -185,7 +190,7 @@ def baseline(
         applied_by = f"baseline by {_applied_by(conn)}"
         with db.transaction(conn):
             for migration in chosen:
-                _record_without_running(conn, settings, migration, applied_by)
+                _record_without_running(conn, table, migration, applied_by)
         report.applied.extend(m.version for m in chosen)
         logs.event(
             logging.INFO,
@@ -203,9 +208,8 @@ def repair(
     runs again); with `update_checksums`, accept edited files of applied migrations."""
     files = _load(settings)
     on_disk = {m.version: m for m in parse_files(files)}
-    table = settings.migrations_table
     changed = 0
-    with _locked(settings, sleep) as conn:
+    with _locked(settings, sleep) as (conn, table):
         applied = tracking.read(conn, table)
         with db.transaction(conn):
             for row in applied:
@@ -248,8 +252,7 @@ def adopt(settings: Settings, report: RunReport, *, sleep: Sleep = time.sleep) -
     in this tool's table and keep the old table, untouched, under a new name."""
     files = _load(settings)
     on_disk = {m.version: m for m in parse_files(files)}
-    table = settings.migrations_table
-    with _locked(settings, sleep) as conn:
+    with _locked(settings, sleep) as (conn, table):
         found = tracking.columns(conn, table)
         tool = tracking.foreign_tool(found)
         if not found or tool is None:
@@ -274,7 +277,7 @@ def adopt(settings: Settings, report: RunReport, *, sleep: Sleep = time.sleep) -
             db.execute(conn, sql.rename_table(table, backup))
             db.execute(conn, sql.create_tracking_table(table))
             for version in versions:
-                _record_without_running(conn, settings, on_disk[version], applied_by)
+                _record_without_running(conn, table, on_disk[version], applied_by)
         report.applied.extend(versions)
         logs.event(
             logging.INFO,
@@ -315,11 +318,11 @@ def _adopted_versions(
 
 
 def _record_without_running(
-    conn: db.Connection, settings: Settings, migration: Migration, applied_by: str
+    conn: db.Connection, table: TableName, migration: Migration, applied_by: str
 ) -> None:
     db.execute(
         conn,
-        sql.insert_row(settings.migrations_table),
+        sql.insert_row(table),
         {
             "status": APPLIED,
             "version": migration.version,
@@ -344,7 +347,7 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
         assert settings.connection is not None
         try:
             with wait.wait_for_database(settings.connection, deadline=0, sleep=sleep) as conn:
-                applied = tracking.read(conn, settings.migrations_table)
+                applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
         except DatabaseUnreachable as unreachable:
             state["unreachable"] = unreachable
             return wanted
@@ -405,7 +408,7 @@ def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool
     """Every migration on disk or in the database, with its state and checksums."""
     files = _load(settings)
     with _connect(settings, time.sleep) as conn:
-        applied = tracking.read(conn, settings.migrations_table)
+        applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
     rows = status_rows(files, applied)
     report.pending = sum(1 for row in rows if row["state"] == "pending")
     if as_json:
@@ -460,7 +463,7 @@ def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: b
     """What `up` would run now, without running it or taking the lock."""
     files = _load(settings)
     with _connect(settings, time.sleep) as conn:
-        applied = tracking.read(conn, settings.migrations_table)
+        applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
     pending = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
     report.pending = len(pending)
     entries = [
@@ -485,11 +488,15 @@ def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: b
 def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
     """Report every problem (exit 66) without changing anything; offline: the files only."""
     files = migrations.load(settings.migrations_dir)
+    migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
     applied: list[AppliedMigration] = []
     if not offline:
         with _connect(settings, time.sleep) as conn:
-            applied = tracking.read(conn, settings.migrations_table)
-    problems = find_problems(files, applied, allow_out_of_order=settings.allow_out_of_order)
+            applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+    problems: list[RunnerError] = [
+        *find_problems(files, applied, allow_out_of_order=settings.allow_out_of_order),
+        *content_problems(files),
+    ]
     for problem in problems:
         logs.event(logging.ERROR, "validate.problem", str(problem), **problem.fields())
     _refuse(problems)
@@ -547,6 +554,7 @@ def new(settings: Settings, name: str, out: IO[str]) -> None:
 def _load(settings: Settings) -> list[MigrationFile]:
     """The files, refused before connecting if their names or pairs are wrong."""
     files = migrations.load(settings.migrations_dir)
+    migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
     _refuse([p for p in find_problems(files, []) if isinstance(p, MigrationSetError)])
     return files
 
@@ -556,29 +564,36 @@ def _refuse(problems: Sequence[RunnerError]) -> None:
         raise problems[0]
 
 
-def _connect(settings: Settings, sleep: Sleep) -> db.Connection:
+def _connection(settings: Settings) -> ConnectionSettings:
     assert settings.connection is not None
-    return wait.wait_for_database(settings.connection, deadline=settings.wait_timeout, sleep=sleep)
+    return settings.connection
+
+
+def _connect(settings: Settings, sleep: Sleep) -> db.Connection:
+    return wait.wait_for_database(
+        _connection(settings), deadline=settings.wait_timeout, sleep=sleep
+    )
 
 
 @contextmanager
-def _locked(settings: Settings, sleep: Sleep) -> Iterator[db.Connection]:
-    """A connection holding the migration lock; the lock goes with the connection."""
+def _locked(settings: Settings, sleep: Sleep) -> Iterator[tuple[db.Connection, TableName]]:
+    """A connection holding the migration lock, and the tracking table's qualified name; the
+    lock goes with the connection."""
     with _connect(settings, sleep) as conn:
-        key = lock.acquire(
-            conn, settings.migrations_table, timeout=settings.lock_timeout, sleep=sleep
-        )
+        table = tracking.resolve(conn, settings.migrations_table)
+        lock.require_stable_session(conn, _connection(settings))
+        key = lock.acquire(conn, table, timeout=settings.lock_timeout, sleep=sleep)
         assert key is not None  # acquire() gives up early only when asked to
-        yield conn
+        yield conn, table
         lock.release(conn, key)
 
 
 @contextmanager
 def _applier(
-    conn: db.Connection, settings: Settings, sleep: Sleep, report: RunReport
+    conn: db.Connection, table: TableName, settings: Settings, sleep: Sleep, report: RunReport
 ) -> Iterator[Applier]:
     """An Applier whose committed versions end up in `report`, whatever happens."""
-    applier = Applier(conn, settings, applied_by=_applied_by(conn), sleep=sleep)
+    applier = Applier(conn, settings, table=table, applied_by=_applied_by(conn), sleep=sleep)
     try:
         yield applier
         applier.finish()

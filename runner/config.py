@@ -22,7 +22,7 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Variables whose value is a secret and which may be given as a file instead (`NAME_FILE`).
-SECRET_VARIABLES = ("DATABASE_URL", "DB_PASSWORD", "DB_USER")
+SECRET_VARIABLES = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "DB_PASSWORD", "DB_USER")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -41,6 +41,16 @@ class Variable:
 VARIABLES: tuple[Variable, ...] = (
     Variable("DATABASE_URL", "--database-url", "libpq URL or key=value string"),
     Variable("DATABASE_URL_FILE", "--database-url-file", "file holding DATABASE_URL"),
+    Variable(
+        "MIGRATION_DATABASE_URL",
+        "--migration-database-url",
+        "the runner's own URL, used instead of DATABASE_URL (a direct one past a pooler)",
+    ),
+    Variable(
+        "MIGRATION_DATABASE_URL_FILE",
+        "--migration-database-url-file",
+        "file holding MIGRATION_DATABASE_URL",
+    ),
     Variable("DB_HOST", "--db-host", "server host (overrides the URL's)"),
     Variable("DB_PORT", "--db-port", "server port (default 5432)"),
     Variable("DB_NAME", "--db-name", "database name"),
@@ -66,6 +76,12 @@ VARIABLES: tuple[Variable, ...] = (
         "ALLOW_OUT_OF_ORDER",
         "--allow-out-of-order",
         "apply versions lower than the highest applied one",
+        is_switch=True,
+    ),
+    Variable(
+        "ALLOW_EMPTY",
+        "--allow-empty",
+        "accept a MIGRATIONS_DIR with no migration files",
         is_switch=True,
     ),
 )
@@ -100,6 +116,8 @@ class ConnectionSettings:
             **self.params,
             "connect_timeout": str(max(timeout, 1)),
             "application_name": APPLICATION_NAME,
+            # Catalog text comes back as str whatever the server encoding (SQL_ASCII included).
+            "client_encoding": "UTF8",
         }
 
     def describe(self) -> str:
@@ -123,6 +141,7 @@ class Settings:
     termination_log: Path
     termination_log_explicit: bool
     allow_out_of_order: bool
+    allow_empty: bool = False
     ddl_lock_timeout: float = 5.0
     ddl_lock_retries: int = 5
     statement_timeout: float = 0.0
@@ -184,6 +203,7 @@ def from_env(environ: Mapping[str, str], *, require_database: bool = True) -> Se
         termination_log=Path(termination_log) if termination_log else DEFAULT_TERMINATION_LOG,
         termination_log_explicit=bool(termination_log),
         allow_out_of_order=_switch(environ, "ALLOW_OUT_OF_ORDER"),
+        allow_empty=_switch(environ, "ALLOW_EMPTY"),
         ddl_lock_timeout=_seconds(environ, "DDL_LOCK_TIMEOUT", 5.0, allow_zero=True),
         ddl_lock_retries=_count(environ, "DDL_LOCK_RETRIES", 5),
         statement_timeout=_seconds(environ, "STATEMENT_TIMEOUT", 0.0, allow_zero=True),
@@ -192,7 +212,9 @@ def from_env(environ: Mapping[str, str], *, require_database: bool = True) -> Se
 
 
 def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSettings | None:
-    url = environ.get("DATABASE_URL", "")
+    # The runner's own URL wins: the application's may go through a transaction pooler.
+    source = "MIGRATION_DATABASE_URL" if environ.get("MIGRATION_DATABASE_URL") else "DATABASE_URL"
+    url = environ.get(source, "")
     params: dict[str, str] = {}
     if url:
         try:
@@ -200,7 +222,7 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
         except Exception as error:  # libpq's message may quote the string: keep only its shape
             reason = re.sub(r'"[^"]*"', '"…"', str(error))
             raise ConfigError(
-                "DATABASE_URL",
+                source,
                 f"expected a postgresql:// URL or a libpq key=value string ({reason})",
             ) from None
         params = {key: str(value) for key, value in parsed.items() if value is not None}
@@ -221,11 +243,10 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
             return None
         raise ConfigError("DATABASE_URL", "set DATABASE_URL (or DATABASE_URL_FILE) or DB_HOST")
     if "port" in params:
-        source = "DB_PORT" if environ.get("DB_PORT") else "DATABASE_URL"
-        _port(source, params["port"])
+        _port("DB_PORT" if environ.get("DB_PORT") else source, params["port"])
     if "sslmode" in params and params["sslmode"] not in SSL_MODES:
-        source = "DB_SSL" if environ.get("DB_SSL") else "DATABASE_URL"
-        raise ConfigError(source, f"expected one of {', '.join(SSL_MODES)}")
+        variable = "DB_SSL" if environ.get("DB_SSL") else source
+        raise ConfigError(variable, f"expected one of {', '.join(SSL_MODES)}")
     connect_timeout = _seconds(environ, "DB_CONNECT_TIMEOUT", 5.0)
     return ConnectionSettings(params=params, connect_timeout=max(1, round(connect_timeout)))
 

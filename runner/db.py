@@ -26,8 +26,11 @@ Query = LiteralString | bytes | SQL | Composed
 
 
 def connect(settings: ConnectionSettings, *, connect_timeout: int | None = None) -> Connection:
-    """One dedicated autocommit connection; transactions are opened explicitly."""
-    return psycopg.connect(autocommit=True, **settings.kwargs(connect_timeout))
+    """One dedicated autocommit connection; transactions are opened explicitly. Nothing is
+    prepared on the server: the runner's session reset deallocates whatever a migration left."""
+    conn = psycopg.connect(autocommit=True, **settings.kwargs(connect_timeout))
+    conn.prepare_threshold = None
+    return conn
 
 
 def create_pool(

@@ -30,6 +30,14 @@ class ConfigError(RunnerError):
         return {"variable": self.variable}
 
 
+class UnstableSession(ConfigError):
+    """The connection goes through a pooler that moves the session between server processes."""
+
+    def __init__(self, message: str) -> None:
+        RunnerError.__init__(self, message)
+        self.variable = "MIGRATION_DATABASE_URL"
+
+
 class DatabaseUnreachable(RunnerError):
     """The database did not accept a connection before the deadline."""
 
@@ -91,6 +99,10 @@ class UnreadableMigration(MigrationSetError):
     """A migration file cannot be read or is not valid UTF-8."""
 
 
+class NoMigrations(MigrationSetError):
+    """MIGRATIONS_DIR holds no migration file."""
+
+
 class ChecksumMismatch(MigrationSetError):
     """An applied migration's file changed since it was applied."""
 
@@ -109,6 +121,18 @@ class MissingDownFile(MigrationSetError):
 
 class UnknownVersion(MigrationSetError):
     """A version given on the command line is not a migration on disk."""
+
+
+class UnsupportedStatement(MigrationSetError):
+    """A statement cannot run where it is written: transaction control in an ordinary file, a
+    psql meta-command, COPY TO STDOUT, COPY FROM stdin without its data, and the like."""
+
+    def __init__(self, message: str, *, file: str, line: int | None = None) -> None:
+        super().__init__(message, file=file)
+        self.line = line
+
+    def fields(self) -> dict[str, object]:
+        return {**super().fields(), "line": self.line}
 
 
 class NeedsNoTransaction(MigrationSetError):

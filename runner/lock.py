@@ -8,6 +8,7 @@ with a CREATE INDEX CONCURRENTLY run by the lock's holder, which waits for every
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,8 +16,8 @@ from typing import Any
 import tenacity
 
 from runner import db, logs, retry, sql
-from runner.config import TableName
-from runner.errors import LockTimeout
+from runner.config import ConnectionSettings, TableName
+from runner.errors import LockTimeout, UnstableSession
 
 UNNEEDED = -1 << 64  # not a lock key: keys are signed 64-bit
 
@@ -99,6 +100,47 @@ def acquire(
         waited_ms=round((time.monotonic() - started) * 1000),
     )
     return key
+
+
+def require_stable_session(conn: db.Connection, settings: ConnectionSettings) -> None:
+    """Refuse a connection whose server session can change between two transactions (a pooler
+    in transaction or statement mode): the session lock would be taken on one server process and
+    the migrations run on others, or left behind on an idle one. Checked before the lock.
+
+    libpq's process id is the pooler's own key when there is a pooler. Then a second client
+    looks: in transaction pooling it is handed the server process this one just left."""
+    row = db.execute(conn, sql.BACKEND_PID).fetchone()
+    server_pid = int(row[0]) if row else 0
+    if server_pid == conn.info.backend_pid:
+        return  # a direct connection
+    token = secrets.token_hex(8)
+    db.execute(conn, sql.set_session_marker(token))
+    with db.connect(settings) as probe:
+        seen = db.execute(probe, sql.SESSION_MARKER).fetchone()
+        with probe.transaction():
+            probe_pid = db.execute(probe, sql.BACKEND_PID).fetchone()
+            ours = db.execute(conn, sql.SESSION_MARKER_AND_PID).fetchone()
+    shared = (
+        (seen is not None and seen[0] == token)
+        or (probe_pid is not None and probe_pid[0] == server_pid)
+        or ours is None
+        or ours[0] != token
+        or ours[1] != server_pid
+    )
+    if shared:
+        raise UnstableSession(
+            "the connection goes through a pooler that does not keep one server session per "
+            "client (PgBouncer with pool_mode=transaction or statement, say): the migration "
+            "lock and each migration's session settings cannot hold there. Set "
+            "MIGRATION_DATABASE_URL to a direct URL of the server (or a session-pooled one); "
+            "the application keeps DATABASE_URL"
+        )
+    logs.event(
+        logging.INFO,
+        "db.pooler_session",
+        "the connection goes through a pooler that keeps this session on one server process",
+        server_pid=server_pid,
+    )
 
 
 def release(conn: db.Connection, key: int) -> None:

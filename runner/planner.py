@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
 
 from runner.errors import (
     BadMigrationName,
@@ -18,12 +21,20 @@ from runner.errors import (
     MissingDownFile,
     MissingMigration,
     NeedsAttention,
-    NeedsNoTransaction,
     OutOfOrder,
     UnknownVersion,
     UnreadableMigration,
+    UnsupportedStatement,
 )
-from runner.sqlscript import non_transactional_statement
+from runner.sqlscript import (
+    TRANSACTION_CONTROL,
+    CopyData,
+    Kind,
+    ScriptSyntaxError,
+    Statement,
+    needs_reading,
+    read_units,
+)
 
 FILE_NAME = re.compile(
     r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_\-]+)\.(?P<direction>up|down)\.sql"
@@ -34,20 +45,37 @@ NO_TRANSACTION = "-- migrate:no-transaction"
 
 
 @dataclass(frozen=True)
+class FileShape:
+    """How a file runs, from reading every statement of it."""
+
+    wrapper: tuple[Statement, Statement] | None = None  # its own BEGIN and COMMIT, ignored
+    has_copy: bool = False  # COPY ... FROM stdin with inline data
+
+
+PLAIN_SHAPE = FileShape()
+
+
+@dataclass(frozen=True)
 class MigrationFile:
-    """A .sql file as found on disk: its name, the sha256 of its bytes, and the bytes."""
+    """A .sql file as found on disk: its name and the sha256 of its bytes. A small file keeps
+    its bytes (`content`); a large one (content None) is read from `path` as it runs."""
 
     filename: str
     checksum: str
-    content: bytes = field(default=b"", repr=False, compare=False)
+    content: bytes | None = field(default=b"", repr=False, compare=False)
+    path: Path | None = field(default=None, repr=False, compare=False)
 
     def text(self) -> str:
-        """The SQL: UTF-8, a leading byte-order mark dropped; undecodable files refused."""
+        """The whole SQL: UTF-8, a leading byte-order mark dropped; undecodable files refused.
+        For a small file; a large one is read with `reader()`."""
         return self._text
 
     # Decoded once: the planner, the lock wait and the applier all ask for it.
     @cached_property
     def _text(self) -> str:
+        if self.content is None:
+            with self.reader() as read:
+                return read(-1)
         try:
             text = self.content.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -63,11 +91,150 @@ class MigrationFile:
             )
         return text.removeprefix("\ufeff")
 
+    @contextmanager
+    def reader(self) -> Iterator[Callable[[int], str]]:
+        """`read(n)`: the next n characters of the SQL, "" at the end."""
+        if self.content is not None:
+            yield io.StringIO(self.text(), newline="").read
+            return
+        assert self.path is not None
+        try:
+            with self.path.open(encoding="utf-8-sig", newline="") as handle:
+                yield handle.read
+        except OSError as error:
+            raise UnreadableMigration(
+                f"{self.filename}: cannot read it: {error.strerror}", file=self.filename
+            ) from None
+
     @cached_property
     def no_transaction(self) -> bool:
         """True when the first line is `-- migrate:no-transaction`."""
-        first_line = self.text().split("\n", 1)[0]
+        with self.reader() as read:
+            first_line = read(200).split("\n", 1)[0]
         return first_line.strip().lower() == NO_TRANSACTION
+
+    @cached_property
+    def shape(self) -> FileShape:
+        """How the file runs; a file that cannot run as it is written is refused here, before
+        anything runs (MigrationSetError)."""
+        if self.content is not None and not needs_reading(self.text()):
+            return PLAIN_SHAPE
+        try:
+            with self.reader() as read:
+                return _shape(self, read_units(read))
+        except ScriptSyntaxError as error:
+            raise UnsupportedStatement(
+                f"{self.filename}: {error}: the file cannot be split into statements",
+                file=self.filename,
+                line=error.line,
+            ) from None
+
+
+def _shape(file: MigrationFile, units: Iterator[Statement | CopyData]) -> FileShape:
+    """Walk every statement once: refuse what cannot run, find the BEGIN/COMMIT wrapper."""
+    control: list[Statement] = []
+    first: Statement | None = None
+    last: Statement | None = None
+    has_copy = False
+    block: Statement | None = None  # an open BEGIN of a no-transaction file
+    for unit in units:
+        statement = unit.statement if isinstance(unit, CopyData) else unit
+        has_copy = has_copy or isinstance(unit, CopyData)
+        first = first or statement
+        last = statement
+        refusal = _refusal(file, statement, block)
+        if refusal:
+            raise UnsupportedStatement(
+                f"{file.filename}: line {statement.line}: {refusal}",
+                file=file.filename,
+                line=statement.line,
+            )
+        if statement.kind in TRANSACTION_CONTROL:
+            control.append(statement)
+            if file.no_transaction:
+                block = statement if statement.kind in (Kind.BEGIN, Kind.BEGIN_WITH_MODES) else None
+    if block is not None:
+        raise UnsupportedStatement(
+            f"{file.filename}: line {block.line}: this BEGIN has no COMMIT before the end of the "
+            "file; end the block with COMMIT",
+            file=file.filename,
+            line=block.line,
+        )
+    wrapper = None
+    if control and not file.no_transaction:
+        if [s.kind for s in control] == [Kind.BEGIN, Kind.COMMIT] and (
+            control[0] is first and control[1] is last
+        ):
+            wrapper = (control[0], control[1])
+        else:
+            wrong = next(
+                (s for s in control[1:-1] or control if s.kind is not Kind.BEGIN_WITH_MODES),
+                control[0],
+            )
+            wrong = next((s for s in control if s.kind is Kind.BEGIN_WITH_MODES), wrong)
+            raise UnsupportedStatement(
+                f"{file.filename}: line {wrong.line}: {_words(wrong)}: {_TRANSACTION_CONTROL}",
+                file=file.filename,
+                line=wrong.line,
+            )
+    return FileShape(wrapper=wrapper, has_copy=has_copy) if wrapper or has_copy else PLAIN_SHAPE
+
+
+_TRANSACTION_CONTROL = (
+    "an ordinary migration runs in the runner's own transaction together with its tracking "
+    "row, so transaction control inside it would commit or roll back part of the file behind "
+    "the runner's back. Only one BEGIN as the first statement and one COMMIT as the last are "
+    "allowed (and ignored). Split the file, or make it a no-transaction file (first line "
+    f"'{NO_TRANSACTION}') whose BEGIN ... COMMIT blocks run as blocks"
+)
+
+
+def _words(statement: Statement) -> str:
+    return " ".join(statement.text.split()[:4])
+
+
+def _refusal(file: MigrationFile, statement: Statement, block: Statement | None) -> str:
+    """Why `statement` cannot run in this file, or ""."""
+    kind = statement.kind
+    if kind is Kind.META_COMMAND:
+        command = statement.text.split(None, 1)[0]
+        return (
+            f"{command} is a psql meta-command, not SQL: the runner sends SQL to the server and "
+            "has no psql to run it; write out the SQL it stands for"
+        )
+    if kind is Kind.COPY_TO_STDOUT:
+        return (
+            f"{_words(statement)}: COPY ... TO STDOUT sends rows to the client, and a migration "
+            "has nowhere to put them; remove it"
+        )
+    if kind is Kind.PREPARE_TRANSACTION:
+        return (
+            "PREPARE TRANSACTION leaves a prepared transaction holding its locks until someone "
+            "commits it: a migration cannot use two-phase commit"
+        )
+    if not file.no_transaction:
+        if kind is Kind.NON_TRANSACTIONAL:
+            return (
+                f"{statement.what} cannot run inside a transaction; put it in a file of its own "
+                f"whose first line is '{NO_TRANSACTION}'"
+            )
+        if kind is Kind.BEGIN_WITH_MODES:
+            return (
+                f"{_words(statement)}: the runner opens the migration's transaction itself, so "
+                "transaction modes cannot be set here; make it a no-transaction file (first "
+                f"line '{NO_TRANSACTION}') where BEGIN ... COMMIT blocks run as written"
+            )
+        return ""
+    if kind in (Kind.BEGIN, Kind.BEGIN_WITH_MODES) and block is not None:
+        return f"BEGIN inside the block opened at line {block.line}; COMMIT that one first"
+    if kind in (Kind.COMMIT, Kind.ROLLBACK, Kind.CHAIN) and block is None:
+        return f"{_words(statement)} without a BEGIN before it in this file"
+    if kind is Kind.NON_TRANSACTIONAL and block is not None:
+        return (
+            f"{statement.what} cannot run inside the BEGIN ... COMMIT block opened at line "
+            f"{block.line}"
+        )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -120,7 +287,6 @@ def find_problems(
     migrations, problems = _parse(files)
     by_version = {migration.version: migration for migration in migrations}
     file_problems: list[MigrationSetError | NeedsAttention] = list(problems)
-    file_problems.extend(_transaction_problems(migrations))
     for row in sorted(applied, key=lambda row: row.version):
         migration = by_version.get(row.version)
         if row.status != APPLIED:
@@ -178,10 +344,12 @@ def plan(
         raise problems[0]
     migrations = _parse(files)[0]
     applied_versions = {row.version for row in applied}
+    pending = tuple(m for m in migrations if m.version not in applied_versions)
+    _refuse_contents([migration.up for migration in pending])
     return Plan(
         migrations=tuple(migrations),
         applied=tuple(sorted(applied, key=lambda row: row.version)),
-        pending=tuple(m for m in migrations if m.version not in applied_versions),
+        pending=pending,
     )
 
 
@@ -210,6 +378,7 @@ def plan_down(
                 file=migration.up.filename,
                 version=migration.version,
             )
+    _refuse_contents([migration.down for migration in chosen if migration.down is not None])
     return tuple(chosen)
 
 
@@ -238,29 +407,35 @@ def _refuse_problems(files: Sequence[MigrationFile], applied: Sequence[AppliedMi
         raise problems[0]
 
 
-def _transaction_problems(migrations: Sequence[Migration]) -> list[MigrationSetError]:
+def content_problems(files: Sequence[MigrationFile]) -> list[MigrationSetError]:
+    """What in these files cannot run as written, one problem per file at most."""
     problems: list[MigrationSetError] = []
-    for migration in migrations:
-        for file in (migration.up, migration.down):
-            try:
-                if file is None or file.no_transaction:
-                    continue
-                statement = non_transactional_statement(file.text())
-            except UnreadableMigration as unreadable:
-                problems.append(unreadable)
-                continue
-            if statement is not None:
-                words = " ".join(statement.text.split()[:4])
-                problems.append(
-                    NeedsNoTransaction(
-                        f"{file.filename}: line {statement.line}: {words} cannot run inside a "
-                        f"transaction; put it in a file of its own whose first line is "
-                        f"'{NO_TRANSACTION}'",
-                        file=file.filename,
-                        version=migration.version,
-                    )
-                )
+    for file in files:
+        try:
+            file.shape  # noqa: B018 (reading it is the check)
+        except MigrationSetError as problem:
+            problems.append(problem)
     return problems
+
+
+def _refuse_contents(files: Sequence[MigrationFile]) -> None:
+    problems = content_problems(files)
+    if problems:
+        raise problems[0]
+
+
+def _bad_name(filename: str) -> BadMigrationName:
+    message = (
+        f"{filename}: expected {{version}}_{{name}}.up.sql or .down.sql, where version is "
+        "digits and name is letters, digits, _ or -"
+    )
+    cased = _SUFFIX.search(filename)
+    if cased and FILE_NAME.fullmatch(fixed := filename[: cased.start()] + cased.group(0).lower()):
+        message = f"{filename}: the suffix must be lowercase: rename it to {fixed}"
+    return BadMigrationName(message, file=filename)
+
+
+_SUFFIX = re.compile(r"\.(up|down)\.sql\Z", re.IGNORECASE)
 
 
 def _parse(files: Sequence[MigrationFile]) -> tuple[list[Migration], list[MigrationSetError]]:
@@ -270,13 +445,7 @@ def _parse(files: Sequence[MigrationFile]) -> tuple[list[Migration], list[Migrat
     for file in sorted(files, key=lambda file: file.filename):
         match = FILE_NAME.fullmatch(file.filename)
         if match is None:
-            problems.append(
-                BadMigrationName(
-                    f"{file.filename}: expected {{version}}_{{name}}.up.sql or .down.sql, where "
-                    "version is digits and name is letters, digits, _ or -",
-                    file=file.filename,
-                )
-            )
+            problems.append(_bad_name(file.filename))
             continue
         version = int(match["version"])
         if version > MAX_VERSION:

@@ -98,6 +98,32 @@ LIMIT 1"""
 
 SESSION_INFO = sql.SQL("SELECT current_user, current_database(), version()")
 
+# Where an unqualified tracking table lives, and the backend's own pid: a pooler hands out a
+# process id of its own (its cancel key) at connect, which then differs from this one.
+SESSION_FACTS = sql.SQL("SELECT current_schema(), pg_backend_pid()")
+BACKEND_PID = sql.SQL("SELECT pg_backend_pid()")
+SESSION_MARKER = sql.SQL("SELECT current_setting('migration_runner.session', true)")
+SESSION_MARKER_AND_PID = sql.SQL(
+    "SELECT current_setting('migration_runner.session', true), pg_backend_pid()"
+)
+
+
+def set_session_marker(token: str) -> sql.Composed:
+    return sql.SQL("SELECT set_config('migration_runner.session', {token}, false)").format(
+        token=sql.Literal(token)
+    )
+
+
+# Back to the session the runner connected with, before each migration and before each write of
+# its row, whatever the last file did to it: role, settings, temporary tables, prepared
+# statements, cursors, listeners, cached plans and sequence values. Not DISCARD ALL, which would
+# also release the migration lock. Every statement here may run inside a transaction block.
+SESSION_RESET = (
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; "
+    "DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; SET synchronous_commit TO off"
+)
+SESSION_RESET_STATEMENTS = SESSION_RESET.count(";") + 1
+
 
 def set_status(table: TableName) -> sql.Composed:
     return sql.SQL(

@@ -1,171 +1,434 @@
-"""Splitting a SQL script into statements the way PostgreSQL's own lexer does.
+"""Reading a migration file the way PostgreSQL reads it: statements, what each one is, and the
+inline data of `COPY ... FROM stdin`.
 
-The runner sends a transactional migration to the server as written, in one simple query;
-the split is used to name the line of a failing statement. It knows quotes, E'' strings,
-quoted identifiers, dollar quoting, nested block comments, and BEGIN ATOMIC bodies.
+Statement boundaries come from PostgreSQL's own lexer and what a statement is from its own
+parser, both through pglast (libpg_query). A file is read in chunks, so a 200 MB seed file is
+never in memory at once: only the statement being looked at is. Most files need none of this:
+`needs_reading` says from one regular-expression pass whether any statement can be more than
+ordinary SQL, and such files go to the server as written.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
-# Identifiers: a letter or _ (any script), then letters, digits, _ (and $ outside tags).
-_DOLLAR_TAG = re.compile(r"\$([^\W\d]\w*)?\$")
-_WORD = re.compile(r"[^\W\d][\w$]*")
-_ROUTINE = re.compile(r"create\s+(or\s+replace\s+)?(function|procedure)\b", re.IGNORECASE)
+CHUNK = 1 << 20  # characters read at a time
+
+
+class Kind(Enum):
+    """What a top-level statement is, for the runner."""
+
+    PLAIN = "plain"  # ordinary SQL, SAVEPOINT and friends included
+    BEGIN = "begin"  # BEGIN or START TRANSACTION, without transaction modes
+    BEGIN_WITH_MODES = "begin with transaction modes"
+    COMMIT = "commit"  # COMMIT or END
+    ROLLBACK = "rollback"  # ROLLBACK or ABORT
+    CHAIN = "commit or rollback and chain"
+    PREPARE_TRANSACTION = "prepare transaction"
+    NON_TRANSACTIONAL = "non-transactional"  # refused inside a transaction block
+    COPY_FROM_STDIN = "copy from stdin"
+    COPY_TO_STDOUT = "copy to stdout"
+    META_COMMAND = "psql meta-command"
+
+
+TRANSACTION_CONTROL = frozenset(
+    {
+        Kind.BEGIN,
+        Kind.BEGIN_WITH_MODES,
+        Kind.COMMIT,
+        Kind.ROLLBACK,
+        Kind.CHAIN,
+        Kind.PREPARE_TRANSACTION,
+    }
+)
 
 
 @dataclass(frozen=True)
 class Statement:
-    text: str
-    offset: int  # of the statement's first token in the script, 0-based characters
-    line: int  # of the statement's first token, 1-based
+    text: str  # from the first token to the last, without the closing ';'
+    offset: int  # of the first token in the file, 0-based characters
+    line: int  # of the first token, 1-based
+    kind: Kind = Kind.PLAIN
+    what: str = ""  # what a NON_TRANSACTIONAL statement is: "CREATE INDEX CONCURRENTLY"
 
 
-def split(script: str) -> list[Statement]:
-    """Statements in order; empty ones (only blanks, comments or ';') are left out, as the
-    server leaves them out."""
-    statements: list[Statement] = []
-    first_token: int | None = None
-    words: list[str] = []  # leading keywords of the current statement, lowercased
-    depth = 0  # BEGIN ATOMIC / CASE nesting inside a routine body
-    i = 0
-    n = len(script)
+@dataclass(frozen=True)
+class CopyData:
+    """The inline data of the COPY FROM stdin statement before it, up to its `\\.` line, in
+    pieces as it is read. Iterate it before asking the reader for the next unit, or not at all."""
 
-    def finish(end: int) -> None:
-        if first_token is not None:
-            text = script[first_token:end].strip()
-            line = script.count("\n", 0, first_token) + 1
-            statements.append(Statement(text=text, offset=first_token, line=line))
+    statement: Statement
+    pieces: Iterator[str]
 
-    while i < n:
-        char = script[i]
-        nxt = script[i + 1] if i + 1 < n else ""
-        if char == "-" and nxt == "-":
-            newline = script.find("\n", i)
-            i = n if newline < 0 else newline + 1
-            continue
-        if char == "/" and nxt == "*":
-            i = _skip_block_comment(script, i)
-            continue
-        if char.isspace():
-            i += 1
-            continue
-        if first_token is None:
-            first_token = i
-        if char == ";":
-            if depth == 0:
-                if first_token == i:  # a lone ';'
-                    first_token = None
-                else:
-                    finish(i + 1)
-                    first_token = None
-                    words = []
-            i += 1
-            continue
-        if char in "'\"":
-            escaped = (
-                char == "'" and i > 0 and script[i - 1] in "eE" and _starts_word(script, i - 1)
-            )
-            i = _skip_quoted(script, i, char, backslash=escaped)
-            continue
-        if char == "$":
-            tag = _DOLLAR_TAG.match(script, i)
-            if tag and not (i > 0 and (script[i - 1].isalnum() or script[i - 1] == "_")):
-                close = script.find(tag.group(0), tag.end())
-                i = n if close < 0 else close + len(tag.group(0))
+
+class ScriptSyntaxError(Exception):
+    """The file cannot be split into statements (an unterminated quote, say)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
+# -- the cheap look ----------------------------------------------------------------------------
+
+# Words that may start a statement that is more than ordinary SQL (after a ';' or at the
+# start, maybe behind a comment: comments count as a reason to look), and words that only such
+# statements contain. A text with none of them is ordinary SQL for certain.
+_MAYBE_SPECIAL = re.compile(
+    r"(?:(?:\A|;)\s*(?:/\*|--|\\|(?:begin|start|commit|end|rollback|abort|prepare|copy|vacuum)\b))"
+    r"|\b(?:concurrently|database|tablespace|subscription|system|atomic)\b",
+    re.IGNORECASE,
+)
+
+
+def needs_reading(text: str) -> bool:
+    """False when every statement of `text` is ordinary SQL for certain, without parsing."""
+    return _MAYBE_SPECIAL.search(text) is not None
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def read_units(read: Callable[[int], str]) -> Iterator[Statement | CopyData]:
+    """The statements of a file in order, each COPY FROM stdin followed by its data.
+
+    `read(n)` returns up to n more characters, "" at the end (a text file's read)."""
+    return _Reader(read).units()
+
+
+def split(text: str) -> list[Statement]:
+    """Every statement of a text in memory (COPY data left out)."""
+    chunks = iter((text,))
+    units = read_units(lambda _size: next(chunks, ""))
+    return [unit for unit in units if isinstance(unit, Statement)]
+
+
+WINDOW = 1 << 16  # characters the lexer looks at first; doubled while no statement fits
+
+
+class _Reader:
+    def __init__(self, read: Callable[[int], str]) -> None:
+        self._read = read
+        self.buffer = ""
+        self.position = 0  # the next character to look at, in buffer
+        self.base = 0  # file offset of buffer[0]
+        self.line = 1  # line of buffer[position]
+        self.eof = False
+
+    def _fill(self) -> bool:
+        """Read more, dropping what was consumed; False at the end of the file."""
+        if self.eof:
+            return False
+        chunk = self._read(CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        if self.base == 0 and not self.buffer:
+            chunk = chunk.removeprefix("\ufeff")
+        self.base += self.position
+        self.buffer = self.buffer[self.position :] + chunk
+        self.position = 0
+        return True
+
+    def _advance(self, to: int) -> None:
+        self.line += self.buffer.count("\n", self.position, to)
+        self.position = to
+
+    def units(self) -> Iterator[Statement | CopyData]:
+        self._fill()
+        window = WINDOW
+        while True:
+            origin = self.position
+            rest = self.buffer[origin : origin + window]
+            whole_buffer = origin + window >= len(self.buffer)
+            if whole_buffer and not rest.strip():
+                if self._fill():
+                    continue
+                return
+            at_end = whole_buffer and self.eof
+            found = _complete_statements(rest, at_end=at_end)
+            if found is None:  # not one whole statement in view yet
+                if not whole_buffer:
+                    window *= 2
+                elif not self._fill() and at_end:
+                    return  # only comments were left
                 continue
-            i += 1
-            continue
-        word = _WORD.match(script, i)
-        if word:
-            lowered = word.group(0).lower()
-            if len(words) < 4:
-                words.append(lowered)
-            if _ROUTINE.match(" ".join(words)):
-                if lowered in ("begin", "case"):
-                    depth += 1
-                elif lowered == "end" and depth > 0:
-                    depth -= 1
-            i = word.end()
-            continue
-        i += 1
-    finish(n)
-    return statements
+            window = WINDOW
+            for start, stop in found:
+                start = _first_token(rest, start)
+                self._advance(origin + start)
+                statement = _statement(rest[start:stop], self.base + self.position, self.line)
+                self._advance(origin + stop)
+                if statement.kind is Kind.COPY_FROM_STDIN:
+                    data = CopyData(statement, self._copy_data(statement))
+                    yield data
+                    for _ in data.pieces:  # the consumer did not want it
+                        pass
+                    break  # what the lexer saw after COPY was data: look again from here
+                yield statement
+            else:
+                self._advance(origin + _past_semicolon(rest, found[-1][1]))
+
+    def _copy_data(self, copy: Statement) -> Iterator[str]:
+        """From the line after the COPY statement up to a line `\\.`, streamed a line at a time
+        or more."""
+        while (newline := self.buffer.find("\n", self.position)) < 0:
+            if not self._fill():
+                raise ScriptSyntaxError(copy.line, _NO_END_MARKER)
+        after = self.buffer[self.position : newline].strip().removeprefix(";").strip()
+        if after and not after.startswith("--"):
+            raise ScriptSyntaxError(
+                copy.line, "COPY ... FROM stdin must end its line: its data starts on the next"
+            )
+        self._advance(newline + 1)
+        while True:
+            found = self._end_marker()
+            if found is not None:
+                marker, past = found
+                if marker > self.position:
+                    yield self.buffer[self.position : marker]
+                self._advance(past)
+                return
+            if self.eof:
+                raise ScriptSyntaxError(copy.line, _NO_END_MARKER)
+            last_newline = self.buffer.rfind("\n", self.position)
+            if last_newline >= self.position:
+                yield self.buffer[self.position : last_newline + 1]
+                self._advance(last_newline + 1)
+            self._fill()
+
+    def _end_marker(self) -> tuple[int, int] | None:
+        """(start, end) of the line `\\.` that ends COPY data; position is a line start."""
+        buffer, at = self.buffer, self.position
+        while (at := buffer.find("\\.", at)) >= 0:
+            if at == self.position or buffer[at - 1] == "\n":
+                after = buffer[at + 2 : at + 4]
+                if after.startswith("\n"):
+                    return at, at + 3
+                if after == "\r\n":
+                    return at, at + 4
+                if self.eof and after in ("", "\r") and at + 2 + len(after) == len(buffer):
+                    return at, len(buffer)
+            at += 2
+        return None
+
+
+_NO_END_MARKER = (
+    "COPY ... FROM stdin has no end to its data: pg_dump's form is the data on the lines after "
+    "it, then a line '\\.'"
+)
+
+
+def _past_semicolon(text: str, stop: int) -> int:
+    return stop + 1 if stop < len(text) and text[stop] == ";" else stop
+
+
+def _complete_statements(text: str, *, at_end: bool) -> list[tuple[int, int]] | None:
+    """(start, stop) of each statement of `text` known to be whole: closed by a ';', or the
+    last one when `at_end`. None when there is none yet. A lexical error at the end of the
+    file is the file's: raised once the statements before it are taken."""
+    from pglast import parser
+
+    limit = len(text)
+    error: tuple[str, int] | None = None
+    try:
+        slices = parser.split(text, with_parser=False, only_slices=True)
+    except parser.ParseError as failure:
+        error = (str(failure.args[0]), int(failure.args[1]))
+        limit = error[1]
+        try:
+            slices = parser.split(text[:limit], with_parser=False, only_slices=True)
+        except parser.ParseError:
+            slices = ()
+    spans = _join_atomic_bodies(text, [(s.start, s.stop) for s in slices], at_end=at_end)
+    last_is_whole = at_end and error is None
+    whole = [
+        (start, stop)
+        for start, stop in spans
+        if (stop < limit and text[stop] == ";") or (last_is_whole and stop <= limit)
+    ]
+    if whole:
+        return whole
+    if error is not None and at_end:
+        raise ScriptSyntaxError(text.count("\n", 0, error[1]) + 1, error[0])
+    return None
+
+
+_ROUTINE = re.compile(r"create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.IGNORECASE)
+_BEGIN_ATOMIC = re.compile(r"\bbegin\s+atomic\b", re.IGNORECASE)
+
+
+def _join_atomic_bodies(
+    text: str, spans: list[tuple[int, int]], *, at_end: bool
+) -> list[tuple[int, int]]:
+    """The lexer ends a statement at every ';', also inside a function's BEGIN ATOMIC ... END
+    body: join the pieces again until the parser accepts the whole. A body whose end is not
+    in `text` yet ends the list, unless the file ends there."""
+    from pglast import parser
+
+    joined: list[tuple[int, int]] = []
+    index = 0
+    while index < len(spans):
+        start, stop = spans[index]
+        index += 1
+        piece = text[_first_token(text, start) : stop]
+        if _ROUTINE.match(piece) and _BEGIN_ATOMIC.search(piece):
+            while True:
+                try:
+                    parser.parse_sql(text[start:stop])
+                    break
+                except parser.ParseError:
+                    if index == len(spans):
+                        return joined if not at_end else [*joined, (start, stop)]
+                    stop = spans[index][1]
+                    index += 1
+        joined.append((start, stop))
+    return joined
+
+
+_COMMENTS = re.compile(r"(?:\s+|--[^\n]*)+")
+
+
+def _first_token(text: str, start: int) -> int:
+    """Past the blanks and comments at `start`: the lexer's slices may begin with them."""
+    while True:
+        blank = _COMMENTS.match(text, start)
+        if blank:
+            start = blank.end()
+        if not text.startswith("/*", start):
+            return start
+        depth, at = 0, start
+        while at < len(text):
+            if text.startswith("/*", at):
+                depth, at = depth + 1, at + 2
+            elif text.startswith("*/", at):
+                depth, at = depth - 1, at + 2
+                if depth == 0:
+                    break
+            else:
+                at += 1
+        start = at
+
+
+# -- what a statement is -----------------------------------------------------------------------
+
+_FIRST_WORD = re.compile(r"[A-Za-z]+")
+_CANDIDATES = frozenset(
+    {
+        "begin", "start", "commit", "end", "rollback", "abort", "prepare", "copy", "create",
+        "drop", "reindex", "vacuum", "alter",
+    }
+)  # fmt: skip
+
+
+def _statement(text: str, offset: int, line: int) -> Statement:
+    if text.startswith("\\"):
+        return Statement(text, offset, line, Kind.META_COMMAND)
+    word = _FIRST_WORD.match(text)
+    if word is None or word.group(0).lower() not in _CANDIDATES:
+        return Statement(text, offset, line)
+    kind, what = classify(text)
+    return Statement(text, offset, line, kind, what)
+
+
+def classify(text: str) -> tuple[Kind, str]:
+    """What one statement is, by PostgreSQL's parser; (PLAIN, "") for one it cannot parse,
+    which the server will then refuse with its own message."""
+    from pglast import ast, enums, parser
+
+    try:
+        parsed = parser.parse_sql(text)
+    except parser.ParseError:
+        return Kind.PLAIN, ""
+    if len(parsed) != 1:
+        return Kind.PLAIN, ""
+    node: Any = parsed[0].stmt
+    transaction = enums.TransactionStmtKind
+    if isinstance(node, ast.TransactionStmt):
+        if node.kind in (transaction.TRANS_STMT_BEGIN, transaction.TRANS_STMT_START):
+            return (Kind.BEGIN_WITH_MODES if node.options else Kind.BEGIN), ""
+        if node.kind == transaction.TRANS_STMT_COMMIT:
+            return (Kind.CHAIN if node.chain else Kind.COMMIT), ""
+        if node.kind == transaction.TRANS_STMT_ROLLBACK:
+            return (Kind.CHAIN if node.chain else Kind.ROLLBACK), ""
+        if node.kind == transaction.TRANS_STMT_PREPARE:
+            return Kind.PREPARE_TRANSACTION, ""
+        if node.kind in (
+            transaction.TRANS_STMT_COMMIT_PREPARED,
+            transaction.TRANS_STMT_ROLLBACK_PREPARED,
+        ):
+            return Kind.NON_TRANSACTIONAL, "COMMIT PREPARED / ROLLBACK PREPARED"
+        return Kind.PLAIN, ""
+    if isinstance(node, ast.CopyStmt) and node.filename is None and not node.is_program:
+        return (Kind.COPY_FROM_STDIN if node.is_from else Kind.COPY_TO_STDOUT), ""
+    what = _non_transactional(node)
+    return (Kind.NON_TRANSACTIONAL, what) if what else (Kind.PLAIN, "")
+
+
+def _non_transactional(node: Any) -> str:
+    """What `node` is when PostgreSQL refuses it inside a transaction block, else ""."""
+    from pglast import ast, enums
+
+    if isinstance(node, ast.IndexStmt) and node.concurrent:
+        return "CREATE INDEX CONCURRENTLY"
+    if isinstance(node, ast.DropStmt) and node.concurrent:
+        return "DROP INDEX CONCURRENTLY"
+    if isinstance(node, ast.ReindexStmt):
+        if any(option.defname == "concurrently" for option in node.params or ()):
+            return "REINDEX CONCURRENTLY"
+        if node.kind in (
+            enums.ReindexObjectType.REINDEX_OBJECT_DATABASE,
+            enums.ReindexObjectType.REINDEX_OBJECT_SYSTEM,
+        ):
+            return "REINDEX DATABASE / SYSTEM"
+        return ""
+    if isinstance(node, ast.AlterTableStmt):
+        for command in node.cmds or ():
+            partition = getattr(command, "def_", None)
+            if isinstance(partition, ast.PartitionCmd) and partition.concurrent:
+                return "DETACH PARTITION ... CONCURRENTLY"
+        return ""
+    if isinstance(node, ast.AlterDatabaseStmt):
+        if any(option.defname == "tablespace" for option in node.options or ()):
+            return "ALTER DATABASE ... SET TABLESPACE"
+        return ""
+    if isinstance(node, ast.CreateSubscriptionStmt):
+        options = {option.defname: option for option in node.options or ()}
+        create_slot = options.get("create_slot")
+        if create_slot is None or _true(create_slot):
+            return "CREATE SUBSCRIPTION (with create_slot)"
+        return ""
+    named = {
+        ast.VacuumStmt: "VACUUM",
+        ast.CreatedbStmt: "CREATE DATABASE",
+        ast.DropdbStmt: "DROP DATABASE",
+        ast.CreateTableSpaceStmt: "CREATE TABLESPACE",
+        ast.DropTableSpaceStmt: "DROP TABLESPACE",
+        ast.AlterSystemStmt: "ALTER SYSTEM",
+        ast.DropSubscriptionStmt: "DROP SUBSCRIPTION",
+    }
+    for node_type, name in named.items():
+        if isinstance(node, node_type):
+            if node_type is ast.VacuumStmt and not getattr(node, "is_vacuumcmd", True):
+                return ""  # ANALYZE runs in a transaction
+            return name
+    return ""
+
+
+def _true(option: Any) -> bool:
+    value = getattr(getattr(option, "arg", None), "sval", None)
+    if value is None:
+        value = getattr(getattr(option, "arg", None), "boolval", True)
+    return str(value).lower() not in ("false", "off", "0", "no")
 
 
 def line_of(script: str, offset: int) -> int:
     """1-based line of a 0-based character offset."""
     return script.count("\n", 0, max(offset, 0)) + 1
-
-
-def _starts_word(script: str, i: int) -> bool:
-    return i == 0 or not (script[i - 1].isalnum() or script[i - 1] in "_$")
-
-
-def _skip_block_comment(script: str, i: int) -> int:
-    depth = 0
-    n = len(script)
-    while i < n:
-        if script.startswith("/*", i):
-            depth += 1
-            i += 2
-        elif script.startswith("*/", i):
-            depth -= 1
-            i += 2
-            if depth == 0:
-                return i
-        else:
-            i += 1
-    return n
-
-
-def _skip_quoted(script: str, i: int, quote: str, *, backslash: bool) -> int:
-    n = len(script)
-    i += 1
-    while i < n:
-        char = script[i]
-        if backslash and char == "\\":
-            i += 2
-            continue
-        if char == quote:
-            if i + 1 < n and script[i + 1] == quote:
-                i += 2
-                continue
-            return i + 1
-        i += 1
-    return n
-
-
-# Statements PostgreSQL refuses inside a transaction block, with the first words that say so.
-_NON_TRANSACTIONAL = re.compile(
-    r"(create\s+(unique\s+)?index\s+concurrently"
-    r"|drop\s+index\s+concurrently"
-    r"|reindex\b[^;]*?\bconcurrently"
-    r"|vacuum\b"
-    r"|(create|drop)\s+database\b"
-    r"|(create|drop)\s+tablespace\b"
-    r"|alter\s+system\b"
-    r"|create\s+subscription\b"
-    r"|alter\s+database\s+\S+\s+set\s+tablespace\b)",
-    re.IGNORECASE,
-)
-
-
-_MAYBE_NON_TRANSACTIONAL = re.compile(
-    r"concurrently|vacuum|database|tablespace|system|subscription", re.IGNORECASE
-)
-
-
-def non_transactional_statement(script: str) -> Statement | None:
-    """The first statement that cannot run inside a transaction block, if any."""
-    if not _MAYBE_NON_TRANSACTIONAL.search(script):
-        return None  # the common case, without splitting
-    for statement in split(script):
-        if _NON_TRANSACTIONAL.match(statement.text):
-            return statement
-    return None
 
 
 _CREATE_INDEX_CONCURRENTLY = re.compile(

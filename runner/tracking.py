@@ -6,11 +6,28 @@ import logging
 
 from runner import db, logs, sql
 from runner.config import TableName
-from runner.errors import ForeignTrackingTable
+from runner.errors import ConfigError, ForeignTrackingTable
 from runner.planner import AppliedMigration
 
 GOLANG_MIGRATE = "golang-migrate"
 DBMATE = "dbmate"
+
+
+def resolve(conn: db.Connection, table: TableName) -> TableName:
+    """The tracking table with its schema, settled once at connect: a migration's own
+    `SET search_path` must not move the rows of later ones. An unqualified name lives in the
+    session's current schema, where CREATE TABLE would put it."""
+    if table.schema:
+        return table
+    row = db.execute(conn, sql.SESSION_FACTS).fetchone()
+    schema = row[0] if row else None
+    if not schema:
+        raise ConfigError(
+            "MIGRATIONS_TABLE",
+            f"{table.name} has no schema and the connection's search_path names no schema that "
+            "exists; set MIGRATIONS_TABLE to schema.table",
+        )
+    return TableName(str(schema), table.name)
 
 
 def foreign_tool(columns: dict[str, str]) -> str | None:

@@ -293,7 +293,7 @@ def test_a_held_lock_times_out_with_75_and_names_the_holder(
 
     with psycopg.connect(database_url, autocommit=True, application_name="someone-else") as holder:
         holder.execute(
-            "SELECT pg_advisory_lock(%s)", (lock_key(TableName(None, "schema_migrations")),)
+            "SELECT pg_advisory_lock(%s)", (lock_key(TableName("public", "schema_migrations")),)
         )
         run = up(database_url, migrations_dir, MIGRATION_LOCK_TIMEOUT="2")
     assert run.code == 75

@@ -134,9 +134,12 @@ def check_file_name(url: str, name: str) -> None:
         (migrations / name).write_text("CREATE TABLE named (id int);\n", encoding="utf-8")
         outcome = run_main(["up"], base_env(url, migrations))
     match = DOCUMENTED_NAME.fullmatch(name)
-    if name.startswith(".") or not name.endswith(".sql"):
-        assert outcome.code == ExitCode.OK, outcome.log  # ignored, as documented
-        assert outcome.finished["applied"] == []
+    if name.startswith(".") or not name.lower().endswith(".sql"):
+        # Ignored, as documented; the directory then holds no migration file, which is
+        # refused as a likely mis-mounted volume.
+        assert outcome.code == ExitCode.INVALID_MIGRATIONS, outcome.log
+        assert "no migration files in" in outcome.finished["error"]
+        assert snapshot(url) == before
         return
     if match and match["direction"] == "up" and int(match["version"]) <= BIGINT_MAX:
         assert outcome.code == ExitCode.OK, outcome.log

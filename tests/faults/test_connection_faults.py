@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.cluster]
 # Matched anywhere in what the client sends: a `Q COMMIT` message of its own, or the end of a
 # migration sent as one simple query (BEGIN; file; INSERT row; COMMIT).
 COMMIT = b"COMMIT"
-RECORD = b'INSERT INTO "schema_migrations"'
+RECORD = b'INSERT INTO "public"."schema_migrations"'
 
 
 @pytest.fixture
@@ -195,7 +195,7 @@ def test_terminate_backend_while_waiting_for_the_lock(
 
     with fault_registry.trial("pg_terminate_backend while waiting for the lock"):
         versions = migration_set(migrations_dir, 3)
-        key = lock_key(TableName(None, "schema_migrations"))
+        key = lock_key(TableName("public", "schema_migrations"))
         with psycopg.connect(db.url, autocommit=True, application_name="holder") as holder:
             holder.execute("SELECT pg_advisory_lock(%s)", (key,))
             with RunnerProcess(runner_env(db.url, migrations_dir)) as runner:
