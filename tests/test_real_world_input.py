@@ -155,7 +155,9 @@ def test_a_begin_commit_wrapper_is_ignored_with_a_warning(
     database_url: str, migrations_dir: Path
 ) -> None:
     write_migration(
-        migrations_dir, "1_a.up.sql", "-- golang-migrate style\nBEGIN;\nCREATE TABLE a ();\nCOMMIT;\n"
+        migrations_dir,
+        "1_a.up.sql",
+        "-- golang-migrate style\nBEGIN;\nCREATE TABLE a ();\nCOMMIT;\n",
     )
     write_migration(
         migrations_dir, "2_b.up.sql", "START TRANSACTION;\nCREATE TABLE b ();\nSELECT 1/0;\nEND;"
@@ -429,8 +431,9 @@ def test_a_database_in_another_encoding_works_twice(
     try:
         url = make_conninfo("", **{**conninfo_to_dict(server_url), "dbname": name})
         write_migration(
-            migrations_dir, "1_a.up.sql", "CREATE TABLE café (name text);\n"
-            "INSERT INTO café VALUES ('crème');"
+            migrations_dir,
+            "1_a.up.sql",
+            "CREATE TABLE café (name text);\nINSERT INTO café VALUES ('crème');",
         )
         first = run(url, migrations_dir)
         assert first.code == 0, first.stderr
