@@ -6,7 +6,8 @@ dbmate, on databases it creates on a PostgreSQL server and drops again.
     python bench/bench.py --quick          # fewer runs, smaller workloads, ~1-2 minutes
     python bench/bench.py --json out.json  # also write every figure
 
-Workloads (see bench/README.md): noop, many, bulk, race, and the peak memory of one `up`.
+Workloads (see bench/README.md): noop, many, bulk, race, and the peak memory of one `up`;
+bigfile (single files of 40 and 200 MiB that `up` streams; minutes long) only when named.
 Exit code 0 whatever the timings; 1 when a correctness check fails (a runner that should have
 succeeded exited non-zero, or a database does not hold exactly the expected migrations);
 2 on a usage or setup error; 130 on Ctrl-C. Every database it creates is dropped on the way out.
@@ -359,6 +360,7 @@ class MigrationSet:
     runner_dir: Path  # {version}_{name}.up.sql
     dbmate_dir: Path  # {version}_{name}.sql with -- migrate:up / -- migrate:down
     psql_file: Path  # all of them, concatenated
+    expected_rows: dict[str, int] = field(default_factory=dict)  # table: rows it must hold
 
     @property
     def count(self) -> int:
@@ -404,6 +406,71 @@ def race_tables(count: int, rows: int) -> list[Migration]:
             )
         migrations.append(Migration(version, table, text))
     return migrations
+
+
+# Realistic text for the bigfile sets: quotes, semicolons, a `--` and a backslash inside
+# strings, non-ASCII, a tab, a line break, NULLs. 7 names x 8 notes: 56 combinations.
+_BIG_NAMES = (
+    "O'Brien, Siobhán", "D'Angelo; Marco", "Zoë Müller-Lüdenscheidt", 'Anne "Nan" Okafor',
+    "Smith & Sons; Ltd.", "李小龍", "María José García-López",
+)  # fmt: skip
+_BIG_NOTES = (
+    "called back; left voicemail", "paid; invoice #4411 closed -- no follow-up",
+    "prefers email; don't call before 10:00", "exports in C:\\data\\2024; re-sent",
+    "first line;\nsecond line: 'quoted'", "50% off; code SPRING\tapplied", None,
+    "ships to 12 Rue de l'Église, 75004 Paris; signed for",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BigFile:
+    label: str  # "200 MiB INSERT"
+    mset: MigrationSet
+    largest: int  # bytes of the largest statement (COPY data is streamed, not one)
+
+
+def write_bigfile(root: Path, kind: str, mib: int) -> BigFile:
+    """One migration of `mib` MiB: CREATE TABLE big, then one-row INSERTs (kind INSERT) or one
+    `COPY big FROM stdin` with tab-separated data lines and `\\.` (kind COPY). Written a
+    thousand rows at a time; psql runs the same file."""
+    directory = root / f"big_{kind.lower()}_{mib}"
+    runner_dir = directory / "runner"
+    runner_dir.mkdir(parents=True)
+    path = runner_dir / "000001_big.up.sql"
+    head = "CREATE TABLE big (id bigint PRIMARY KEY, name text, note text);\n"
+    if kind == "COPY":
+        head += "COPY big (id, name, note) FROM stdin;\n"
+    largest = max(len(line.encode()) for line in head.splitlines())
+    rows = 0
+    with path.open("wb") as out:
+        out.write(head.encode())
+        while out.tell() < mib << 20:
+            lines = []
+            for row in range(rows + 1, rows + 1001):
+                name = f"{_BIG_NAMES[row % 7]} #{row % 997}"
+                note = _BIG_NOTES[row % 8]
+                if kind == "COPY":
+                    if note is not None:
+                        note = note.replace("\\", "\\\\").replace("\t", "\\t")
+                        note = note.replace("\n", "\\n")
+                    lines.append(f"{row}\t{name}\t{note if note is not None else chr(92) + 'N'}\n")
+                else:
+                    literal = "NULL" if note is None else "'" + note.replace("'", "''") + "'"
+                    lines.append(
+                        f"INSERT INTO big (id, name, note) VALUES ({row}, "
+                        f"'{name.replace(chr(39), chr(39) * 2)}', {literal});\n"
+                    )
+            rows += len(lines)
+            chunk = [line.encode() for line in lines]
+            if kind == "INSERT":
+                largest = max(largest, *map(len, chunk))
+            out.write(b"".join(chunk))
+        if kind == "COPY":
+            out.write(b"\\.\n")
+    mset = MigrationSet(
+        [Migration(1, "big", "")], runner_dir, runner_dir, path, expected_rows={"big": rows}
+    )
+    return BigFile(f"{mib} MiB {kind}", mset, largest)
 
 
 def bulk_table(rows: int) -> list[Migration]:

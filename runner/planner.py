@@ -37,7 +37,7 @@ from runner.sqlscript import (
 )
 
 FILE_NAME = re.compile(
-    r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_\-]+)\.(?P<direction>up|down)\.sql"
+    r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_\-.]+)\.(?P<direction>up|down)\.sql"
 )
 APPLIED = "applied"
 MAX_VERSION = 2**63 - 1  # the tracking table's bigint
@@ -427,7 +427,7 @@ def _refuse_contents(files: Sequence[MigrationFile]) -> None:
 def _bad_name(filename: str) -> BadMigrationName:
     message = (
         f"{filename}: expected {{version}}_{{name}}.up.sql or .down.sql, where version is "
-        "digits and name is letters, digits, _ or -"
+        "digits and name is letters, digits, _, - or ."
     )
     cased = _SUFFIX.search(filename)
     if cased and FILE_NAME.fullmatch(fixed := filename[: cased.start()] + cased.group(0).lower()):

@@ -39,8 +39,8 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 BIGINT_MAX = 2**63 - 1
-# The README's grammar: `{version}_{name}.up.sql`, version digits, name letters, digits, _ or -.
-DOCUMENTED_NAME = re.compile(r"(?P<version>[0-9]+)_[A-Za-z0-9_\-]+\.(?P<direction>up|down)\.sql")
+# The README's grammar: `{version}_{name}.up.sql`, version digits, name letters, digits, _, - or .
+DOCUMENTED_NAME = re.compile(r"(?P<version>[0-9]+)_[A-Za-z0-9_\-.]+\.(?P<direction>up|down)\.sql")
 
 
 @dataclass
@@ -108,7 +108,7 @@ def base_env(url: str, migrations: Path, **extra: str) -> dict[str, str]:
 
 _NAME_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters="/\x00")
 file_names = st.one_of(
-    st.from_regex(r"[0-9]{1,22}_[A-Za-z0-9_\-]{1,12}\.(up|down)\.sql", fullmatch=True),
+    st.from_regex(r"[0-9]{1,22}_[A-Za-z0-9_\-.]{1,12}\.(up|down)\.sql", fullmatch=True),
     st.builds(
         str.__add__,
         st.text(_NAME_CHARS, min_size=1, max_size=24),
