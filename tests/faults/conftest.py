@@ -1,11 +1,13 @@
 """The fault suite's marker, its registry of faults survived, and the table printed at the end.
 
 Each fault test wraps every injection in `fault_registry.trial(name)`: a run counts, and it
-survived when every invariant held. The table goes to the terminal and to /tmp/fault-table.md.
+survived when every invariant held. The table goes to the terminal, and to the file named by
+FAULT_TABLE_FILE when that is set (a fixed path would be shared by two runs on one machine).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +21,6 @@ from tests.faults.harness import (
     started_cluster,
 )
 from tests.pgcluster import TempCluster
-
-TABLE_FILE = Path("/tmp/fault-table.md")  # noqa: S108 (asked for at this path)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,8 +36,10 @@ def pytest_terminal_summary(
     table = registry.markdown()
     terminalreporter.section("fault table")
     terminalreporter.write(table)
-    TABLE_FILE.write_text(table, encoding="utf-8")
-    terminalreporter.write_line(f"(written to {TABLE_FILE})")
+    target = os.environ.get("FAULT_TABLE_FILE")
+    if target:
+        Path(target).write_text(table, encoding="utf-8")
+        terminalreporter.write_line(f"(written to {target})")
 
 
 @pytest.fixture(scope="session")
