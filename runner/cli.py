@@ -53,6 +53,20 @@ COMMAND_FLAGS = {
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
+class _StoreValue(argparse.Action):
+    """Stores the value as given. argparse drops a value of `--` (`--db-ssl=--`) and passes an
+    empty list, which would skip the setting's validation."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values if isinstance(values, str) else "--")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see --help)")
@@ -91,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 variable.flag,
                 dest=variable.name,
+                action=_StoreValue,
                 metavar="VALUE",
                 help=f"{variable.help} [{variable.name}]",
             )
