@@ -4,6 +4,7 @@ and running a multi-statement script as written."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from psycopg.sql import SQL, Composable, Composed
 
 from runner import logs
 from runner.config import ConnectionSettings
+from runner.errors import PermissionDenied
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -45,9 +47,13 @@ def create_pool(
 def execute(
     conn: Connection, query: Query, params: dict[str, Any] | None = None
 ) -> psycopg.Cursor[TupleRow]:
-    """Run one statement, logging it and its duration at debug level, never its parameters."""
+    """Run one statement, logging it and its duration at debug level, never its parameters.
+    A privilege the role lacks is the runner's PermissionDenied (77), naming what is missing."""
     started = time.perf_counter()
-    cursor = conn.execute(query, params)
+    try:
+        cursor = conn.execute(query, params)
+    except errors.InsufficientPrivilege as denied:
+        raise PermissionDenied(_what_is_missing(denied, conn)) from None
     if logs.logger.isEnabledFor(logging.DEBUG):
         text = query.as_string(conn) if isinstance(query, Composable) else str(query)
         logs.event(
@@ -58,6 +64,33 @@ def execute(
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
     return cursor
+
+
+_DENIED_FOR = re.compile(r"permission denied for (\w+) (.+)")
+
+
+def _what_is_missing(denied: psycopg.Error, conn: Connection) -> str:
+    """The server's words, and the privilege they mean for the runner's own statements."""
+    message = (denied.diag.message_primary or str(denied)).strip()
+    who = f"role {conn.info.user}"
+    found = _DENIED_FOR.match(message)
+    kind, name = found.groups() if found else ("", "")
+    if kind == "schema":
+        advice = (
+            f"{who} needs CREATE on schema {name} to create the tracking table there (since "
+            "PostgreSQL 15 only the database owner has CREATE on public): GRANT CREATE ON "
+            f"SCHEMA {name} TO the role, or set MIGRATIONS_TABLE to a schema it owns"
+        )
+    elif kind == "database":
+        advice = f"{who} needs CREATE on database {name} to create the tracking table's schema"
+    elif kind in ("table", "relation"):
+        advice = (
+            f"{who} needs SELECT, INSERT, UPDATE and DELETE on the tracking table {name} "
+            "(status, plan and await need SELECT only)"
+        )
+    else:
+        advice = f"{who} lacks a privilege the runner needs"
+    return f"permission denied: {message}: {advice}"
 
 
 @contextmanager

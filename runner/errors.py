@@ -50,6 +50,10 @@ class AuthenticationFailed(RunnerError):
     """Bad password, unknown role, or permission denied."""
 
 
+class PermissionDenied(AuthenticationFailed):
+    """The runner's role lacks a privilege for the runner's own work (not a migration's)."""
+
+
 class LockTimeout(RunnerError):
     """Another runner held the migration lock for longer than MIGRATION_LOCK_TIMEOUT."""
 

@@ -32,6 +32,9 @@ def _table(table: TableName) -> sql.Composable:
     return sql.Identifier(table.name)
 
 
+SCHEMA_EXISTS = sql.SQL("SELECT 1 FROM pg_namespace WHERE nspname = %(name)s")
+
+
 def create_schema(table: TableName) -> sql.Composed:
     assert table.schema is not None
     return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema))

@@ -65,7 +65,7 @@ def ensure(conn: db.Connection, table: TableName) -> None:
     check_shape(table, found)
     if found:
         return
-    if table.schema:
+    if table.schema and not db.execute(conn, sql.SCHEMA_EXISTS, {"name": table.schema}).fetchone():
         db.execute(conn, sql.create_schema(table))
     db.execute(conn, sql.create_tracking_table(table))
     logs.event(logging.INFO, "tracking_table.created", f"created {table}", table=str(table))
