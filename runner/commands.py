@@ -69,7 +69,7 @@ def up(
 ) -> None:
     """Apply every pending migration, each in its own transaction with its tracking row."""
     files = _load(settings)
-    with _connect(settings, sleep) as conn:
+    with _connect(settings, sleep, writable=True) as conn:
         table = tracking.resolve(conn, settings.migrations_table)
         # Most runs find nothing to do: say so without the lock. So does a runner that waited
         # while another applied everything: it stops waiting instead of queueing for the lock.
@@ -569,9 +569,9 @@ def _connection(settings: Settings) -> ConnectionSettings:
     return settings.connection
 
 
-def _connect(settings: Settings, sleep: Sleep) -> db.Connection:
+def _connect(settings: Settings, sleep: Sleep, *, writable: bool = False) -> db.Connection:
     return wait.wait_for_database(
-        _connection(settings), deadline=settings.wait_timeout, sleep=sleep
+        _connection(settings), deadline=settings.wait_timeout, sleep=sleep, writable=writable
     )
 
 
@@ -579,7 +579,7 @@ def _connect(settings: Settings, sleep: Sleep) -> db.Connection:
 def _locked(settings: Settings, sleep: Sleep) -> Iterator[tuple[db.Connection, TableName]]:
     """A connection holding the migration lock, and the tracking table's qualified name; the
     lock goes with the connection."""
-    with _connect(settings, sleep) as conn:
+    with _connect(settings, sleep, writable=True) as conn:
         table = tracking.resolve(conn, settings.migrations_table)
         lock.require_stable_session(conn, _connection(settings))
         key = lock.acquire(conn, table, timeout=settings.lock_timeout, sleep=sleep)

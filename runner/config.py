@@ -64,6 +64,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MIGRATIONS_TABLE", "--migrations-table", "tracking table, may be schema.table"),
     Variable("DB_WAIT_TIMEOUT", "--wait-timeout", "seconds to wait for the database (60)"),
     Variable("DB_CONNECT_TIMEOUT", "--connect-timeout", "seconds per connection attempt (5)"),
+    Variable(
+        "DB_TCP_TIMEOUT",
+        "--tcp-timeout",
+        "seconds until a silent network peer counts as dead: TCP keepalives (60; 0: OS defaults)",
+    ),
     Variable("MIGRATION_LOCK_TIMEOUT", "--lock-timeout", "seconds to wait for the lock (300)"),
     Variable("DDL_LOCK_TIMEOUT", "--ddl-lock-timeout", "lock_timeout of migrations, s (5; 0 off)"),
     Variable("DDL_LOCK_RETRIES", "--ddl-lock-retries", "retries after a lock timeout (5)"),
@@ -104,6 +109,7 @@ class ConnectionSettings:
 
     params: Mapping[str, str] = field(repr=False)
     connect_timeout: int = 5
+    tcp_timeout: int = 60  # seconds until a silent peer counts as dead; 0: the OS's defaults
 
     @property
     def password(self) -> str | None:
@@ -113,11 +119,28 @@ class ConnectionSettings:
         """Keyword arguments for psycopg.connect()."""
         timeout = self.connect_timeout if connect_timeout is None else connect_timeout
         return {
+            **self._keepalives(),
             **self.params,
             "connect_timeout": str(max(timeout, 1)),
             "application_name": APPLICATION_NAME,
             # Catalog text comes back as str whatever the server encoding (SQL_ASCII included).
             "client_encoding": "UTF8",
+        }
+
+    def _keepalives(self) -> dict[str, str]:
+        """TCP keepalives, and a bound on unacknowledged data, so that a network path that
+        freezes (a node lost, a NAT entry dropped) ends the connection in about tcp_timeout
+        seconds instead of never. The URL's own settings win."""
+        if not self.tcp_timeout:
+            return {}
+        idle = max(1, self.tcp_timeout // 2)
+        interval = max(1, (self.tcp_timeout - idle) // 3)
+        return {
+            "keepalives": "1",
+            "keepalives_idle": str(idle),
+            "keepalives_interval": str(interval),
+            "keepalives_count": "3",
+            "tcp_user_timeout": str(self.tcp_timeout * 1000),
         }
 
     def describe(self) -> str:
@@ -248,7 +271,12 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
         variable = "DB_SSL" if environ.get("DB_SSL") else source
         raise ConfigError(variable, f"expected one of {', '.join(SSL_MODES)}")
     connect_timeout = _seconds(environ, "DB_CONNECT_TIMEOUT", 5.0)
-    return ConnectionSettings(params=params, connect_timeout=max(1, round(connect_timeout)))
+    tcp_timeout = _seconds(environ, "DB_TCP_TIMEOUT", 60.0, allow_zero=True)
+    return ConnectionSettings(
+        params=params,
+        connect_timeout=max(1, round(connect_timeout)),
+        tcp_timeout=max(1, round(tcp_timeout)) if tcp_timeout else 0,
+    )
 
 
 def _port(variable: str, value: str) -> int:

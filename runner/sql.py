@@ -99,6 +99,11 @@ WHERE l.locktype = 'advisory' AND l.granted
 LIMIT 1"""
 )
 
+# Whether this server can take writes at all.
+READ_ONLY = sql.SQL(
+    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')::bool"
+)
+
 SESSION_INFO = sql.SQL("SELECT current_user, current_database(), version()")
 
 # Where an unqualified tracking table lives, and the backend's own pid: a pooler hands out a

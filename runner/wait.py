@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import tenacity
 
-from runner import db, logs, retry
+from runner import db, logs, retry, sql
 from runner.config import ConnectionSettings
 from runner.errors import (
     AuthenticationFailed,
@@ -70,14 +70,40 @@ def _server_words(message: str) -> str:
     return tail if sep else text
 
 
+def _refuse_read_only(conn: db.Connection) -> None:
+    """Close and retry a connection to a server that cannot write."""
+    try:
+        row = db.execute(conn, sql.READ_ONLY).fetchone()
+    except psycopg.OperationalError as error:
+        conn.close()
+        raise TransientConnectError(_server_words(str(error))) from None
+    in_recovery, read_only = row if row else (False, False)
+    if in_recovery or read_only:
+        where = f"{conn.info.host}:{conn.info.port}"
+        conn.close()
+        why = (
+            "a read-only standby (pg_is_in_recovery() is true)"
+            if in_recovery
+            else "read-only (default_transaction_read_only is on)"
+        )
+        raise TransientConnectError(
+            f"the server at {where} is {why}: waiting for a primary "
+            "(a failover may promote it; with several hosts in the URL, "
+            "target_session_attrs=read-write picks the primary)"
+        )
+
+
 def wait_for_database(
     settings: ConnectionSettings,
     *,
     deadline: float,
     sleep: Callable[[float], Any] = time.sleep,
     connect: Callable[..., db.Connection] = db.connect,
+    writable: bool = False,
 ) -> db.Connection:
-    """Connect, retrying transient failures with jittered backoff until `deadline` seconds."""
+    """Connect, retrying transient failures with jittered backoff until `deadline` seconds.
+    `writable`: a server that only reads (a hot standby, default_transaction_read_only) is
+    waited out like a server that is down: a failover may promote it."""
     target = settings.describe()
     attempts = 0
 
@@ -111,9 +137,12 @@ def wait_for_database(
                 # libpq treats timeouts under 2 s as 2 s
                 timeout = max(2, min(settings.connect_timeout, round(left)))
                 try:
-                    connected.append(connect(settings, connect_timeout=timeout))
+                    conn = connect(settings, connect_timeout=timeout)
                 except psycopg.OperationalError as error:
                     raise classify(error) from None
+                if writable:
+                    _refuse_read_only(conn)
+                connected.append(conn)
     except tenacity.RetryError as gave_up:
         last = gave_up.last_attempt.exception()
         raise DatabaseUnreachable(
@@ -121,11 +150,14 @@ def wait_for_database(
             f"attempts: {last}"
         ) from None
     conn = connected[0]
+    reached = f"{conn.info.host}:{conn.info.port}"
     logs.event(
         logging.INFO,
         "db.connected",
-        f"connected to {target}",
+        f"connected to {target}" + (f" at {reached}" if reached not in target else ""),
         target=target,
+        host=conn.info.host,
+        port=conn.info.port,
         attempts=attempts,
         duration_ms=round((time.monotonic() - started) * 1000),
         server_version=conn.info.server_version,

@@ -1,0 +1,170 @@
+"""Real failures an operator meets, through the real entrypoint against real servers: roles
+without privileges, read-only standbys, and what the runner says about them."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from runner.exit_codes import ExitCode
+from tests.conftest import Run, query, run_entrypoint, runner_env, write_migration
+from tests.pgcluster import SUPERUSER, TempCluster, free_port
+
+
+def run(url: str, migrations: Path, *args: str, **extra: str) -> Run:
+    return run_entrypoint(*(args or ("up",)), env=runner_env(url, migrations, **extra))
+
+
+def assert_no_traceback(run: Run) -> None:
+    assert "Traceback" not in run.stderr + run.stdout
+    assert run.code != ExitCode.INTERNAL, run.stderr
+
+
+# -- roles without privileges ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_url(database_url: str, server_url: str) -> Iterator[str]:
+    """The test database as a role that owns nothing in it (an application's role)."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'app-pw'".encode())
+    params = conninfo_to_dict(database_url)
+    yield make_conninfo("", **{**params, "user": role, "password": "app-pw"})
+    with psycopg.connect(database_url, autocommit=True) as owner:
+        owner.execute(f"DROP OWNED BY {role}".encode())
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}".encode())
+
+
+def test_a_role_that_cannot_create_the_tracking_table_exits_77_naming_the_privilege(
+    app_url: str, migrations_dir: Path
+) -> None:
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    denied = run(app_url, migrations_dir)
+    assert denied.code == ExitCode.AUTH_FAILED, denied.stderr
+    assert_no_traceback(denied)
+    error = denied.finished["error"]
+    assert "CREATE on schema public" in error
+    assert "since PostgreSQL 15 only the database owner" in error
+    in_schema = run(app_url, migrations_dir, MIGRATIONS_TABLE="ops.schema_migrations")
+    assert in_schema.code == ExitCode.AUTH_FAILED, in_schema.stderr
+    assert "CREATE on database" in in_schema.finished["error"]
+
+
+def test_reading_the_tracking_table_without_select_exits_77(
+    database_url: str, app_url: str, migrations_dir: Path
+) -> None:
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    assert run(database_url, migrations_dir).code == 0
+    for args in (("up",), ("status",), ("plan",), ("await",)):
+        denied = run(app_url, migrations_dir, *args, AWAIT_TIMEOUT="2")
+        assert denied.code == ExitCode.AUTH_FAILED, (args, denied.stderr)
+        assert_no_traceback(denied)
+        assert "SELECT" in denied.finished["error"]
+        assert "schema_migrations" in denied.finished["error"]
+
+
+def test_a_privilege_missing_in_a_migration_body_stays_65_and_names_it(
+    database_url: str, app_url: str, migrations_dir: Path
+) -> None:
+    query(database_url, "CREATE SCHEMA ops")
+    role = conninfo_to_dict(app_url)["user"]
+    query(database_url, f"GRANT CREATE, USAGE ON SCHEMA ops TO {role}")
+    query(database_url, "CREATE TABLE secret (id int)")
+    write_migration(migrations_dir, "1_a.up.sql", "INSERT INTO public.secret VALUES (1);")
+    failed = run(app_url, migrations_dir, MIGRATIONS_TABLE="ops.schema_migrations")
+    assert failed.code == ExitCode.MIGRATION_FAILED, failed.stderr
+    assert "42501" in failed.finished["error"]
+    assert "permission denied for table secret" in failed.finished["error"]
+
+
+# -- read-only servers ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def primary_and_standby() -> Iterator[tuple[TempCluster, TempCluster]]:
+    """A primary and a hot standby streaming from it, both throwaway."""
+    with TempCluster() as primary:
+        primary.init().start()
+        standby = TempCluster()
+        try:
+            standby.data.parent.mkdir(exist_ok=True)
+            standby._run(
+                [
+                    str(standby.bindir / "pg_basebackup"),
+                    "-D",
+                    str(standby.data),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(primary.port),
+                    "-U",
+                    SUPERUSER,
+                    "-R",
+                    "-X",
+                    "stream",
+                ]
+            )
+            subprocess.run(["chmod", "700", str(standby.data)], check=True)
+            standby.start()
+            yield primary, standby
+        finally:
+            standby.close()
+
+
+@pytest.mark.cluster
+def test_a_standby_is_waited_out_as_read_only_and_never_blamed_on_a_migration(
+    primary_and_standby: tuple[TempCluster, TempCluster], migrations_dir: Path
+) -> None:
+    _primary, standby = primary_and_standby
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    waited = run(standby.url(), migrations_dir, DB_WAIT_TIMEOUT="2")
+    assert waited.code == ExitCode.DB_UNREACHABLE, waited.stderr
+    assert_no_traceback(waited)
+    attempts = [e for e in waited.events if e["event"] == "db.wait.attempt"]
+    assert attempts
+    assert all("read-only standby" in e["error"] for e in attempts)
+    assert "read-only standby" in waited.finished["error"]
+    assert waited.finished["retryable"] is True
+
+
+@pytest.mark.cluster
+def test_a_multi_host_url_reaches_the_primary_and_says_which(
+    primary_and_standby: tuple[TempCluster, TempCluster], migrations_dir: Path
+) -> None:
+    primary, standby = primary_and_standby
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE IF NOT EXISTS a (id int);")
+    url = (
+        f"postgresql://{SUPERUSER}@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/postgres"
+        "?target_session_attrs=read-write"
+    )
+    applied = run(url, migrations_dir)
+    assert applied.code == 0, applied.stderr
+    connected = applied.event("db.connected")
+    assert (connected["host"], connected["port"]) == ("127.0.0.1", primary.port)
+    # A reader does not need the primary: await and status work on the standby.
+    primary.psql("SELECT pg_switch_wal()")
+    status = run(standby.url(), migrations_dir, "await", AWAIT_TIMEOUT="20")
+    assert status.code == 0, status.stderr
+
+
+def test_a_database_that_is_read_only_by_default_is_waited_out(
+    database_url: str, migrations_dir: Path
+) -> None:
+    name = conninfo_to_dict(database_url)["dbname"]
+    query(database_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    waited = run(database_url, migrations_dir, DB_WAIT_TIMEOUT="1")
+    assert waited.code == ExitCode.DB_UNREACHABLE, waited.stderr
+    assert "default_transaction_read_only is on" in waited.finished["error"]
+
+
+def test_free_port_helper_is_usable() -> None:
+    assert 1024 < free_port() < 65536
