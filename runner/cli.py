@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -69,6 +70,12 @@ class _StoreValue(argparse.Action):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        unknown = re.match(r"argument command: invalid choice: '(.*)'", message)
+        if unknown:
+            raise UsageError(
+                f"unknown command {unknown.group(1)!r}; the commands are "
+                f"{', '.join(COMMANDS)} (see --help)"
+            )
         raise UsageError(f"{message} (see --help)")
 
 
@@ -131,7 +138,7 @@ def environment_with_flags(
 
 
 class _Signals:
-    """SIGTERM and SIGINT become KeyboardInterrupt, which psycopg answers by cancelling the
+    """SIGTERM, SIGHUP and SIGINT become KeyboardInterrupt, which psycopg answers by cancelling the
     running statement; the transaction then rolls back and the connection closes."""
 
     received: int | None = None
@@ -140,7 +147,7 @@ class _Signals:
     def install(self) -> None:
         self._previous = {
             number: signal.signal(number, self._handle)
-            for number in (signal.SIGTERM, signal.SIGINT)
+            for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
 
     def restore(self) -> None:
@@ -162,9 +169,10 @@ def main(
 ) -> int:
     environ = os.environ if environ is None else environ
     out = stdout or sys.stdout
-    logs.configure(log_format=_early_format(environ), level="INFO")
+    terminal = sys.stderr.isatty()
+    logs.configure(log_format=_early_format(environ, terminal), level="INFO")
     signals = _Signals()
-    report = commands.RunReport(command="up")
+    report = commands.RunReport(command="")
     settings: Settings | None = None
     error: BaseException | None = None
     try:
@@ -176,13 +184,16 @@ def main(
         needs_database = arguments.command != "new" and not (
             arguments.command == "validate" and arguments.offline
         )
-        settings = from_env(merged, require_database=needs_database)
+        settings = from_env(merged, require_database=needs_database, terminal=terminal)
         logs.configure(
             log_format=settings.log_format, level=settings.log_level, secrets=settings.secrets
         )
         _run(arguments, settings, report, out)
     except KeyboardInterrupt:
         error = Interrupted(signals.received or signal.SIGINT)
+    except BrokenPipeError:
+        # The reader of stdout went away (`status | head -1`): what it wanted, it has.
+        _silence_stdout()
     except RunnerError as failure:
         error = failure
     except psycopg.OperationalError as lost:  # the server went away between two statements
@@ -281,7 +292,7 @@ def _finish(
     logs.event(
         logging.INFO if code == ExitCode.OK else logging.ERROR,
         "run.finished",
-        f"{report.command} {summary['outcome']} with exit code {int(code)}",
+        f"{report.command or 'migration-runner'} {summary['outcome']} with exit code {int(code)}",
         **summary,
         pending=report.pending,
     )
@@ -319,6 +330,19 @@ def _write_termination_message(summary: dict[str, object], settings: Settings | 
         )
 
 
-def _early_format(environ: Mapping[str, str]) -> str:
-    """The log format before settings are validated, so that a config error is still JSON."""
-    return "text" if environ.get("LOG_FORMAT", "").strip().lower() == "text" else "json"
+def _early_format(environ: Mapping[str, str], terminal: bool) -> str:
+    """The log format before settings are validated, so that a config error is already in it."""
+    chosen = environ.get("LOG_FORMAT", "").strip().lower()
+    if chosen in ("json", "text"):
+        return chosen
+    return "text" if terminal else "json"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit cannot raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import tenacity
@@ -19,6 +20,7 @@ from runner.apply import Applier
 from runner.config import ConnectionSettings, Settings, TableName
 from runner.errors import (
     AwaitTimeout,
+    ConfigError,
     DatabaseUnreachable,
     ForeignTrackingTable,
     HalfApplied,
@@ -405,30 +407,42 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
 
 
 def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool) -> None:
-    """Every migration on disk or in the database, with its state and checksums."""
-    files = _load(settings)
+    """Every migration on disk or in the database, with its state and checksums; then the
+    problems of the set, if any, which end the run with the first one's exit code."""
+    files = migrations.load(settings.migrations_dir)
+    migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
     with _connect(settings, time.sleep) as conn:
         applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
     rows = status_rows(files, applied)
+    problems = find_problems(files, applied, allow_out_of_order=settings.allow_out_of_order)
     report.pending = sum(1 for row in rows if row["state"] == "pending")
     if as_json:
-        out.write(json.dumps({"migrations": rows}, default=str) + "\n")
-        return
-    out.write(f"{'VERSION':>8}  {'STATE':<8}  {'NAME':<32}  {'APPLIED AT':<25}  CHECKSUM\n")
+        document = {"migrations": rows, "problems": [str(problem) for problem in problems]}
+        out.write(json.dumps(document, default=str) + "\n")
+    else:
+        out.write(_status_table(rows))
+        for problem in problems:
+            out.write(f"problem: {problem}\n")
+    _refuse(problems)
+
+
+def _status_table(rows: Sequence[dict[str, Any]]) -> str:
+    width = max([len("VERSION"), *(len(str(row["version"])) for row in rows)])
+    lines = [f"{'VERSION':>{width}}  {'STATE':<8}  {'NAME':<32}  {'APPLIED AT':<25}  CHECKSUM"]
     for row in rows:
         checksum = str(row["checksum"] or row["recorded_checksum"] or "")[:12]
-        applied_at = str(row["applied_at"] or "")[:25]
-        out.write(
-            f"{row['version']:>8}  {row['state']:<8}  {row['name']:<32}  {applied_at:<25}  "
-            f"{checksum}\n"
+        lines.append(
+            f"{row['version']:>{width}}  {row['state']:<8}  {row['name']:<32}  "
+            f"{row['applied_at'] or '':<25}  {checksum}"
         )
+    return "\n".join(lines) + "\n"
 
 
 def status_rows(
     files: Sequence[MigrationFile], applied: Sequence[AppliedMigration]
 ) -> list[dict[str, Any]]:
     """One row per version: applied, pending, edited, missing (from disk), running or failed."""
-    on_disk = {m.version: m for m in parse_files(files)}
+    on_disk = {m.version: m for m in parse_files(files, strict=False)}
     in_db = {row.version: row for row in applied}
     rows = []
     for version in sorted(on_disk.keys() | in_db.keys()):
@@ -451,7 +465,9 @@ def status_rows(
                 "file": migration.up.filename if migration else None,
                 "checksum": migration.up.checksum if migration else None,
                 "recorded_checksum": row.checksum if row else None,
-                "applied_at": row.applied_at.isoformat() if row and row.applied_at else None,
+                "applied_at": (
+                    row.applied_at.isoformat(timespec="seconds") if row and row.applied_at else None
+                ),
                 "execution_ms": row.execution_ms if row else None,
                 "applied_by": row.applied_by if row else None,
             }
@@ -532,11 +548,18 @@ def new(settings: Settings, name: str, out: IO[str]) -> None:
     directory = settings.migrations_dir
     existing = parse_files(migrations.load(directory))
     version = max((m.version for m in existing), default=0) + 1
-    created = []
+    created: list[Path] = []
     for direction, template in (("up", UP_TEMPLATE), ("down", DOWN_TEMPLATE)):
         path = directory / f"{version:06d}_{name}.{direction}.sql"
-        with path.open("x", encoding="utf-8") as handle:
-            handle.write(template.format(filename=path.name, name=name.replace("_", " ")))
+        try:
+            with path.open("x", encoding="utf-8") as handle:
+                handle.write(template.format(filename=path.name, name=name.replace("_", " ")))
+        except OSError as error:
+            for made in created:
+                made.unlink(missing_ok=True)
+            raise ConfigError(
+                "MIGRATIONS_DIR", f"cannot create {path}: {error.strerror or error}"
+            ) from None
         created.append(path)
         out.write(f"{path}\n")
     logs.event(

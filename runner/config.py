@@ -16,7 +16,7 @@ from psycopg import conninfo as libpq_conninfo
 from runner.errors import ConfigError
 
 APPLICATION_NAME = "migration-runner"
-DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+DEFAULT_MIGRATIONS_DIR = Path("db") / "migrations"  # of the working directory
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 LOG_FORMATS = ("json", "text")
@@ -74,7 +74,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DDL_LOCK_RETRIES", "--ddl-lock-retries", "retries after a lock timeout (5)"),
     Variable("STATEMENT_TIMEOUT", "--statement-timeout", "statement_timeout, s (0: off)"),
     Variable("AWAIT_TIMEOUT", "--await-timeout", "await: seconds to wait for the schema (300)"),
-    Variable("LOG_FORMAT", "--log-format", "json (default) or text"),
+    Variable("LOG_FORMAT", "--log-format", "json, or text (the default on a terminal)"),
     Variable("LOG_LEVEL", "--log-level", "DEBUG, INFO (default), WARNING or ERROR"),
     Variable("TERMINATION_LOG", "--termination-log", "summary file (/dev/termination-log)"),
     Variable(
@@ -207,13 +207,18 @@ def _read_text(path: str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
-def from_env(environ: Mapping[str, str], *, require_database: bool = True) -> Settings:
-    """Validate every setting; a wrong value names the variable and what was expected."""
+def from_env(
+    environ: Mapping[str, str], *, require_database: bool = True, terminal: bool = False
+) -> Settings:
+    """Validate every setting; a wrong value names the variable and what was expected.
+    `terminal`: stderr is a terminal, where the default log format is text, not JSON."""
     for name in SECRET_VARIABLES:
         if f"{name}_FILE" in environ:
             raise ConfigError(f"{name}_FILE", "must be resolved by load_secret_files() first")
     connection = _connection(environ, require_database)
-    log_format = _choice(environ, "LOG_FORMAT", LOG_FORMATS, "json", fold=str.lower)
+    log_format = _choice(
+        environ, "LOG_FORMAT", LOG_FORMATS, "text" if terminal else "json", fold=str.lower
+    )
     termination_log = environ.get("TERMINATION_LOG", "")
     return Settings(
         connection=connection,

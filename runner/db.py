@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, LiteralString
@@ -17,8 +17,8 @@ from psycopg.rows import TupleRow
 from psycopg.sql import SQL, Composable, Composed
 
 from runner import logs
-from runner.config import ConnectionSettings
-from runner.errors import PermissionDenied
+from runner.config import ConnectionSettings, Settings
+from runner.errors import ConfigError, PermissionDenied
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -27,25 +27,45 @@ Connection = psycopg.Connection[TupleRow]
 Query = LiteralString | bytes | SQL | Composed
 
 
-def connect(settings: ConnectionSettings, *, connect_timeout: int | None = None) -> Connection:
+def connect(
+    settings: ConnectionSettings | Settings, *, connect_timeout: int | None = None
+) -> Connection:
     """One dedicated autocommit connection; transactions are opened explicitly. Nothing is
     prepared on the server: the runner's session reset deallocates whatever a migration left."""
-    conn = psycopg.connect(autocommit=True, **settings.kwargs(connect_timeout))
+    conn = psycopg.connect(autocommit=True, **_connection(settings).kwargs(connect_timeout))
     conn.prepare_threshold = None
     return conn
 
 
 def create_pool(
-    settings: ConnectionSettings, *, min_size: int = 1, max_size: int = 10
+    settings: ConnectionSettings | Settings,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    application_name: str | None = None,
 ) -> ConnectionPool:
-    """An open connection pool for application code (the runner uses one connection)."""
+    """An open connection pool for application code (the runner uses one connection). Its
+    connections carry the application's own name (libpq's default: PGAPPNAME), never the
+    runner's, so that lock diagnostics never confuse the two."""
     from psycopg_pool import ConnectionPool  # only application code pays for the import
 
-    return ConnectionPool(kwargs=settings.kwargs(), min_size=min_size, max_size=max_size, open=True)
+    kwargs = _connection(settings).kwargs()
+    del kwargs["application_name"]
+    if application_name is not None:
+        kwargs["application_name"] = application_name
+    return ConnectionPool(kwargs=kwargs, min_size=min_size, max_size=max_size, open=True)
+
+
+def _connection(settings: ConnectionSettings | Settings) -> ConnectionSettings:
+    if isinstance(settings, ConnectionSettings):
+        return settings
+    if settings.connection is None:
+        raise ConfigError("DATABASE_URL", "set DATABASE_URL (or DATABASE_URL_FILE) or DB_HOST")
+    return settings.connection
 
 
 def execute(
-    conn: Connection, query: Query, params: dict[str, Any] | None = None
+    conn: Connection, query: Query, params: Sequence[Any] | Mapping[str, Any] | None = None
 ) -> psycopg.Cursor[TupleRow]:
     """Run one statement, logging it and its duration at debug level, never its parameters.
     A privilege the role lacks is the runner's PermissionDenied (77), naming what is missing."""

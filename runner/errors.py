@@ -217,6 +217,7 @@ _EXIT_CODES: tuple[tuple[type[RunnerError], ExitCode], ...] = (
 def exit_code_for(error: BaseException) -> ExitCode:
     """The exit status that reports `error`; anything unforeseen is a bug (70)."""
     if isinstance(error, Interrupted):
+        # SIGINT is 130; SIGTERM and SIGHUP (a closed terminal, a stopped supervisor) are 143.
         return ExitCode.INTERRUPTED if error.signal_number == 2 else ExitCode.TERMINATED
     for error_type, code in _EXIT_CODES:
         if isinstance(error, error_type):

@@ -269,10 +269,11 @@ class Plan:
         return max((row.version for row in self.applied), default=None)
 
 
-def parse_files(files: Sequence[MigrationFile]) -> list[Migration]:
-    """Pair up and down files by version, sorted by version; raise on the first bad file."""
+def parse_files(files: Sequence[MigrationFile], *, strict: bool = True) -> list[Migration]:
+    """Pair up and down files by version, sorted by version; raise on the first bad file
+    (not strict: leave the bad ones out)."""
     migrations, problems = _parse(files)
-    if problems:
+    if problems and strict:
         raise problems[0]
     return migrations
 

@@ -52,7 +52,28 @@ def test_the_transaction_helper_commits_or_rolls_back(database_url: str) -> None
 def test_the_pool_serves_application_connections(database_url: str) -> None:
     settings = from_env({"DATABASE_URL": database_url})
     assert settings.connection is not None
-    with db.create_pool(settings.connection, min_size=1, max_size=2) as pool:
+    with db.create_pool(settings, min_size=1, max_size=2) as pool:
         with pool.connection() as conn:
             row = conn.execute("SELECT current_setting('application_name')").fetchone()
-        assert row == ("migration-runner",)
+        assert row is not None
+        assert row[0] != "migration-runner"
+    with db.create_pool(settings, max_size=1, application_name="shop-api") as pool:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT current_setting('application_name')").fetchone()
+        assert row == ("shop-api",)
+
+
+def test_the_readme_usage_works_as_written(database_url: str) -> None:
+    settings = from_env({"DATABASE_URL": database_url})
+    with db.connect(settings) as conn:
+        conn.execute("CREATE TABLE users (email text)")
+    with db.create_pool(settings, application_name="shop-api") as pool, pool.connection() as conn:
+        db.execute(conn, "INSERT INTO users (email) VALUES (%s)", ["a@example.com"])
+    with db.connect(settings) as conn, db.transaction(conn):
+        db.execute(
+            conn,
+            "UPDATE users SET email = %(new)s WHERE email = %(old)s",
+            {"new": "b@example.com", "old": "a@example.com"},
+        )
+    with db.connect(settings) as conn:
+        assert db.execute(conn, "SELECT email FROM users").fetchall() == [("b@example.com",)]
