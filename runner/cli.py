@@ -70,7 +70,7 @@ class _StoreValue(argparse.Action):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        unknown = re.match(r"argument command: invalid choice: '(.*)'", message)
+        unknown = re.match(r"argument command: invalid choice: '([^']*)'", message)
         if unknown:
             raise UsageError(
                 f"unknown command {unknown.group(1)!r}; the commands are "
@@ -189,6 +189,7 @@ def main(
             log_format=settings.log_format, level=settings.log_level, secrets=settings.secrets
         )
         _run(arguments, settings, report, out)
+        out.flush()  # here, where a closed pipe is caught, not at exit
     except KeyboardInterrupt:
         error = Interrupted(signals.received or signal.SIGINT)
     except BrokenPipeError:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import query, run_entrypoint, runner_env, write_migration
+from tests.conftest import ENTRYPOINT, query, run_entrypoint, runner_env, write_migration
 
 
 def two_migrations(directory: Path) -> None:
@@ -100,3 +103,51 @@ def test_wait_exits_0_once_the_database_answers(database_url: str) -> None:
     run = run_entrypoint("wait", env=runner_env(database_url, None))
     assert run.code == 0, run.stderr
     assert run.event("db.connected")["attempts"] == 1
+
+
+def test_status_shows_the_table_then_the_problems_and_exits_66(
+    database_url: str, migrations_dir: Path
+) -> None:
+    two_migrations(migrations_dir)
+    write_migration(migrations_dir, "123456789012_wide.up.sql", "CREATE TABLE w (id int);")
+    env = runner_env(database_url, migrations_dir)
+    assert run_entrypoint("up", env=env).code == 0
+    (migrations_dir / "1_a.up.sql").write_text("CREATE TABLE a (id bigint);")
+    run = run_entrypoint("status", env=env)
+    assert run.code == 66, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[1:4]] == [
+        ["1", "edited"],
+        ["2", "applied"],
+        ["123456789012", "applied"],
+    ]
+    assert len({line.index("applied") for line in lines[2:4]}) == 1  # columns aligned
+    assert lines[2].split()[3].endswith("+00:00")  # applied_at with its zone
+    assert lines[4].startswith("problem: 1_a.up.sql was edited after it was applied")
+    document = json.loads(run_entrypoint("status", "--json", env=env).stdout)
+    assert document["problems"][0].startswith("1_a.up.sql was edited")
+
+
+def test_a_closed_pipe_and_an_unknown_command_end_quietly(
+    database_url: str, migrations_dir: Path
+) -> None:
+    two_migrations(migrations_dir)
+    env = runner_env(database_url, migrations_dir)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the runner writes a byte: `| head -0`
+    closed = subprocess.run(
+        [sys.executable, str(ENTRYPOINT), "status"],
+        env=env,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    os.close(write_end)
+    assert closed.returncode == 0, closed.stderr
+    assert "Traceback" not in closed.stderr
+    assert "BrokenPipeError" not in closed.stderr
+    unknown = run_entrypoint("upp", env=env)
+    assert unknown.code == 64
+    assert unknown.finished["error"].startswith("unknown command 'upp'; the commands are up, ")
+    assert unknown.finished["message"] == "migration-runner failed with exit code 64"
