@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import tenacity
 
 from runner import db, logs, retry, sql
@@ -115,18 +116,23 @@ def require_stable_session(conn: db.Connection, settings: ConnectionSettings) ->
         return  # a direct connection
     token = secrets.token_hex(8)
     db.execute(conn, sql.set_session_marker(token))
-    with db.connect(settings) as probe:
-        seen = db.execute(probe, sql.SESSION_MARKER).fetchone()
-        with probe.transaction():
-            probe_pid = db.execute(probe, sql.BACKEND_PID).fetchone()
-            ours = db.execute(conn, sql.SESSION_MARKER_AND_PID).fetchone()
-    shared = (
-        (seen is not None and seen[0] == token)
-        or (probe_pid is not None and probe_pid[0] == server_pid)
-        or ours is None
-        or ours[0] != token
-        or ours[1] != server_pid
-    )
+    try:
+        with db.connect(settings) as probe:
+            seen = db.execute(probe, sql.SESSION_MARKER).fetchone()
+            with probe.transaction():
+                probe_pid = db.execute(probe, sql.BACKEND_PID).fetchone()
+                ours = db.execute(conn, sql.SESSION_MARKER_AND_PID).fetchone()
+        shared = (
+            (seen is not None and seen[0] == token)
+            or (probe_pid is not None and probe_pid[0] == server_pid)
+            or ours is None
+            or ours[0] != token
+            or ours[1] != server_pid
+        )
+    except psycopg.OperationalError as error:
+        if "pooling mode" not in str(error):  # PgBouncer's statement mode refuses BEGIN
+            raise
+        shared = True
     if shared:
         raise UnstableSession(
             "the connection goes through a pooler that does not keep one server session per "
