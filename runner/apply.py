@@ -290,8 +290,8 @@ class Applier:
         if step.file.content is not None and not shape.has_copy:
             text = _without_wrapper(step.file.text(), shape)
 
-            def locate(failure: db.ScriptError) -> int | None:
-                return _line_in_text(text, failure, len(opening.text), opening.statements)
+            def locate(failure: db.ScriptError) -> Where:
+                return _where_in_text(text, failure, len(opening.text), opening.statements)
 
             ran = self._send(step, opening.text + text + closing.text, locate)
             return ran - opening.statements - closing.statements
@@ -333,16 +333,15 @@ class Applier:
             starts.append(len(query))
             query += statement.text + ";\n"
 
-        def locate(failure: db.ScriptError) -> int | None:
+        def locate(failure: db.ScriptError) -> Where:
             position = failure.error.diag.statement_position
             if position and position.isdigit():
                 at = int(position) - 1
                 index = max(i for i, start in enumerate(starts) if start <= at)
-                statement = statements[index]
-                return statement.line + statement.text.count("\n", 0, at - starts[index])
+                return _where_in_statement(statements[index], at - starts[index])
             if 0 <= failure.statement_index < len(statements):
-                return statements[failure.statement_index].line
-            return None
+                return statements[failure.statement_index].line, None
+            return None, None
 
         return self._send(step, query, locate)
 
@@ -361,14 +360,14 @@ class Applier:
             found = _COPY_LINE.search(error.diag.context or "")
             if found:  # "COPY t, line 3": the third line of data, which starts on the next
                 line += int(found.group(1))
-            raise self._failure(step, error, line, rolled_back=in_block) from None
+            raise self._failure(step, error, (line, None), rolled_back=in_block) from None
         return 1
 
     def _own(self, step: _Step, own: _Own) -> None:
         """Our own statements around a file: a failure there names no line of it."""
-        self._send(step, own.text, lambda failure: None)
+        self._send(step, own.text, lambda failure: (None, None))
 
-    def _send(self, step: _Step, query: str, locate: Callable[[db.ScriptError], int | None]) -> int:
+    def _send(self, step: _Step, query: str, locate: Callable[[db.ScriptError], Where]) -> int:
         """Run `query` in the migration's transaction; a failure rolls it back and names the
         file's line that `locate` finds for it. Returns how many statements ran."""
         if self._probe:
@@ -546,18 +545,31 @@ class Applier:
         self, step: _Step, statement: Statement, error: psycopg.Error
     ) -> MigrationFailed:
         position = error.diag.statement_position
-        line = statement.line
+        where: Where = (statement.line, statement.column)
         if position and position.isdigit():
-            line += statement.text.count("\n", 0, int(position) - 1)
-        return self._failure(step, error, line, rolled_back=False)
+            where = _where_in_statement(statement, int(position) - 1)
+        return self._failure(step, error, where, rolled_back=False)
 
     def _failure(
-        self, step: _Step, error: psycopg.Error, line: int | None, *, rolled_back: bool
+        self, step: _Step, error: psycopg.Error, where: Where, *, rolled_back: bool
     ) -> MigrationFailed:
-        message = (error.diag.message_primary or str(error)).strip()
+        """The server's own words (with its DETAIL, HINT and CONTEXT) at the file's line."""
+        diag = error.diag
+        message = _one_line(diag.message_primary or str(error))
         if error.sqlstate == QUERY_CANCELED and self.statement_timeout:
             message += f" (STATEMENT_TIMEOUT is {self.statement_timeout:g}s)"
-        where = step.file.filename + (f" line {line}" if line else "")
+        told = {
+            "DETAIL": diag.message_detail,
+            "HINT": diag.message_hint,
+            "CONTEXT": diag.context,
+        }
+        for label, text in told.items():
+            if text:
+                message += f"; {label}: {_one_line(text)}"
+        line, column = where
+        place = step.file.filename
+        if line:
+            place += f" line {line}" + (f" column {column}" if column else "")
         outcome = (
             "its transaction was rolled back and nothing of it remains"
             if rolled_back
@@ -565,12 +577,16 @@ class Applier:
             "the migration is recorded as failed until a person repairs it"
         )
         return MigrationFailed(
-            f"migration {step.migration.version} failed at {where}: "
+            f"migration {step.migration.version} failed at {place}: "
             f"{error.sqlstate or 'no SQLSTATE'}: {message}; {outcome}",
             version=step.migration.version,
             file=step.file.filename,
             sqlstate=error.sqlstate,
             line=line,
+            column=column,
+            detail=_one_line(diag.message_detail or "") or None,
+            hint=_one_line(diag.message_hint or "") or None,
+            context=_one_line(diag.context or "") or None,
         )
 
     def _connection_lost(self, error: psycopg.Error) -> bool:
@@ -607,16 +623,34 @@ def _without_wrapper(text: str, shape: FileShape) -> str:
     return text
 
 
-def _line_in_text(text: str, failure: db.ScriptError, prefix_length: int, ours: int) -> int | None:
-    """The line of `text` that a failure of opening + text + closing points at."""
+Where = tuple[int | None, int | None]  # line and column in the file, 1-based
+
+
+def _where_in_text(text: str, failure: db.ScriptError, prefix_length: int, ours: int) -> Where:
+    """Where in `text` a failure of opening + text + closing points."""
     position = failure.error.diag.statement_position
     if position and position.isdigit() and 0 <= int(position) - 1 - prefix_length < len(text):
-        return sqlscript.line_of(text, int(position) - 1 - prefix_length)
+        offset = int(position) - 1 - prefix_length
+        return sqlscript.line_of(text, offset), offset - text.rfind("\n", 0, offset)
     index = failure.statement_index - ours
     if index >= 0:
         statements = sqlscript.split(text)
-        return statements[index].line if index < len(statements) else None
-    return None
+        if index < len(statements):
+            return statements[index].line, statements[index].column
+    return None, None
+
+
+def _where_in_statement(statement: Statement, offset: int) -> Where:
+    """The file's line and column of a character of `statement`."""
+    before = statement.text[:offset]
+    newlines = before.count("\n")
+    if newlines:
+        return statement.line + newlines, offset - before.rfind("\n")
+    return statement.line, statement.column + offset
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 class _BlockerProbe:

@@ -175,20 +175,33 @@ class MigrationFailed(RunnerError):
         file: str,
         sqlstate: str | None,
         line: int | None,
+        column: int | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+        context: str | None = None,
     ) -> None:
         super().__init__(message)
         self.version = version
         self.file = file
         self.sqlstate = sqlstate
         self.line = line
+        self.column = column
+        self.detail = detail
+        self.hint = hint
+        self.context = context
 
     def fields(self) -> dict[str, object]:
-        return {
+        found = {
             "version": self.version,
             "file": self.file,
             "sqlstate": self.sqlstate,
             "line": self.line,
+            "column": self.column,
+            "detail": self.detail,
+            "hint": self.hint,
+            "context": self.context,
         }
+        return {k: v for k, v in found.items() if v is not None or k in ("sqlstate", "line")}
 
 
 class Interrupted(RunnerError):

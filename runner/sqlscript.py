@@ -54,6 +54,7 @@ class Statement:
     line: int  # of the first token, 1-based
     kind: Kind = Kind.PLAIN
     what: str = ""  # what a NON_TRANSACTIONAL statement is: "CREATE INDEX CONCURRENTLY"
+    column: int = 1  # of the first token, 1-based
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class _Reader:
         self.position = 0  # the next character to look at, in buffer
         self.base = 0  # file offset of buffer[0]
         self.line = 1  # line of buffer[position]
+        self.line_start = 0  # file offset of that line's first character
         self.eof = False
 
     def _fill(self) -> bool:
@@ -135,7 +137,10 @@ class _Reader:
         return True
 
     def _advance(self, to: int) -> None:
-        self.line += self.buffer.count("\n", self.position, to)
+        newlines = self.buffer.count("\n", self.position, to)
+        if newlines:
+            self.line += newlines
+            self.line_start = self.base + self.buffer.rfind("\n", self.position, to) + 1
         self.position = to
 
     def units(self) -> Iterator[Statement | CopyData]:
@@ -161,7 +166,10 @@ class _Reader:
             for start, stop in found:
                 start = _first_token(rest, start)
                 self._advance(origin + start)
-                statement = _statement(rest[start:stop], self.base + self.position, self.line)
+                offset = self.base + self.position
+                statement = _statement(
+                    rest[start:stop], offset, self.line, offset - self.line_start
+                )
                 self._advance(origin + stop)
                 if statement.kind is Kind.COPY_FROM_STDIN:
                     data = CopyData(statement, self._copy_data(statement))
@@ -325,14 +333,14 @@ _CANDIDATES = frozenset(
 )  # fmt: skip
 
 
-def _statement(text: str, offset: int, line: int) -> Statement:
+def _statement(text: str, offset: int, line: int, before: int) -> Statement:
+    """`before`: how many characters of its line come before it."""
+    kind, what = Kind.PLAIN, ""
     if text.startswith("\\"):
-        return Statement(text, offset, line, Kind.META_COMMAND)
-    word = _FIRST_WORD.match(text)
-    if word is None or word.group(0).lower() not in _CANDIDATES:
-        return Statement(text, offset, line)
-    kind, what = classify(text)
-    return Statement(text, offset, line, kind, what)
+        kind = Kind.META_COMMAND
+    elif (word := _FIRST_WORD.match(text)) and word.group(0).lower() in _CANDIDATES:
+        kind, what = classify(text)
+    return Statement(text, offset, line, kind, what, column=before + 1)
 
 
 def classify(text: str) -> tuple[Kind, str]:

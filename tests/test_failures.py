@@ -168,3 +168,45 @@ def test_a_database_that_is_read_only_by_default_is_waited_out(
 
 def test_free_port_helper_is_usable() -> None:
     assert 1024 < free_port() < 65536
+
+
+# -- what a failed migration says -----------------------------------------------------------------
+
+
+def test_a_failed_migration_keeps_the_server_s_detail_hint_and_context(
+    database_url: str, migrations_dir: Path, tmp_path: Path
+) -> None:
+    write_migration(
+        migrations_dir,
+        "1_t.up.sql",
+        "CREATE TABLE t (id int PRIMARY KEY);\n"
+        "INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (1);",
+    )
+    termination = tmp_path / "termination-log"
+    failed = run(database_url, migrations_dir, TERMINATION_LOG=str(termination))
+    assert failed.code == ExitCode.MIGRATION_FAILED, failed.stderr
+    error = failed.finished["error"]
+    assert error.startswith("migration 1 failed at 1_t.up.sql line 3 column 1: 23505: duplicate")
+    assert "; DETAIL: Key (id)=(1) already exists." in error
+    event = failed.event("migration.failed")
+    assert (event["line"], event["detail"]) == (3, "Key (id)=(1) already exists.")
+    assert "DETAIL: Key (id)=(1) already exists." in termination.read_text()
+
+
+def test_a_syntax_error_names_line_and_column_and_a_function_error_its_context(
+    database_url: str, migrations_dir: Path
+) -> None:
+    write_migration(migrations_dir, "1_a.up.sql", "SELECT 1;\n\n  SELEC 2;")
+    failed = run(database_url, migrations_dir)
+    assert failed.code == ExitCode.MIGRATION_FAILED, failed.stderr
+    assert "1_a.up.sql line 3 column 3: 42601" in failed.finished["error"]
+    assert (failed.event("migration.failed")["column"]) == 3
+    (migrations_dir / "1_a.up.sql").write_text(
+        "DO $$ BEGIN RAISE EXCEPTION 'stop' USING HINT = 'fix the data'; END $$;"
+    )
+    raised = run(database_url, migrations_dir)
+    assert raised.code == ExitCode.MIGRATION_FAILED, raised.stderr
+    event = raised.event("migration.failed")
+    assert event["hint"] == "fix the data"
+    assert "PL/pgSQL function inline_code_block" in event["context"]
+    assert "\n" not in raised.finished["error"]
