@@ -308,7 +308,7 @@ def _write_termination_message(summary: dict[str, object], settings: Settings | 
     if not settings.termination_log_explicit and not path.exists():
         return
     redact = logs.Redactor(settings.secrets)
-    text = redact(json.dumps(summary, default=str))
+    text = json.dumps(redact.value(summary), default=str)
     while len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
         error = str(summary.get("error") or "")
         applied = summary.get("applied")
@@ -319,7 +319,7 @@ def _write_termination_message(summary: dict[str, object], settings: Settings | 
             summary["applied_truncated"] = True
         else:
             break
-        text = redact(json.dumps(summary, default=str))
+        text = json.dumps(redact.value(summary), default=str)
     try:
         Path(path).write_text(text + "\n", encoding="utf-8")
     except OSError as failure:

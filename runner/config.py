@@ -10,10 +10,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from psycopg import conninfo as libpq_conninfo
 
 from runner.errors import ConfigError
+from runner.logs import Redactor
 
 APPLICATION_NAME = "migration-runner"
 DEFAULT_MIGRATIONS_DIR = Path("db") / "migrations"  # of the working directory
@@ -245,10 +247,11 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
     url = environ.get(source, "")
     params: dict[str, str] = {}
     if url:
+        _check_url(source, url)
         try:
             parsed = libpq_conninfo.conninfo_to_dict(url)
-        except Exception as error:  # libpq's message may quote the string: keep only its shape
-            reason = re.sub(r'"[^"]*"', '"…"', str(error))
+        except Exception as error:
+            reason = " ".join(_without_password(str(error), url).split())
             raise ConfigError(
                 source,
                 f"expected a postgresql:// URL or a libpq key=value string ({reason})",
@@ -282,6 +285,46 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
         connect_timeout=max(1, round(connect_timeout)),
         tcp_timeout=max(1, round(tcp_timeout)) if tcp_timeout else 0,
     )
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+_URL_PASSWORD = re.compile(r"://[^@/?]*?:([^@]*)@")
+_KEYWORD_PASSWORD = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _check_url(variable: str, url: str) -> None:
+    """Refuse at once, echoing nothing of it, a URL that libpq would misread: a wrong scheme,
+    or user information with an unencoded '@', ':' or '/', whose tail libpq takes for the
+    host (and which would then be printed and retried until the deadline)."""
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        return  # a key=value string
+    if scheme.group(1).lower() not in ("postgresql", "postgres"):
+        raise ConfigError(
+            variable,
+            f"the URL scheme is {scheme.group(1)!r}: expected postgresql:// or postgres://",
+        )
+    rest = url[scheme.end() :].split("?", 1)[0]
+    if "@" not in rest:
+        return
+    userinfo = rest[: rest.index("@")]
+    if rest.count("@") > 1 or "/" in rest[: rest.rindex("@")] or userinfo.count(":") > 1:
+        raise ConfigError(
+            variable,
+            "the user name or password holds an unencoded '@', ':' or '/': percent-encode the "
+            "password in the URL (python3 -c 'import sys, urllib.parse; "
+            "print(urllib.parse.quote(sys.argv[1], safe=\"\"))' 'the password'), or give it "
+            "as DB_PASSWORD_FILE",
+        )
+
+
+def _without_password(message: str, url: str) -> str:
+    """libpq's message with the URL's password, if it quotes it, replaced."""
+    found = _URL_PASSWORD.search(url) or _KEYWORD_PASSWORD.search(url)
+    if found and found.group(1):
+        secret = found.group(1).strip("'")
+        return Redactor([secret, unquote(secret)])(message)
+    return message
 
 
 def _port(variable: str, value: str) -> int:

@@ -23,25 +23,52 @@ _STANDARD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__d
 }
 
 
+SHORT_SECRET = 3  # a secret this short is replaced only where it stands as a whole token
+
+
 class Redactor:
-    """Removes passwords: the known secret values, and any URL or key=value password."""
+    """Removes passwords from values: the known secret values, and any URL or key=value
+    password. Keys and event names are never touched (see `value`)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        forms: set[str] = set()
+        long: set[str] = set()
+        short: set[str] = set()
         for secret in secrets:
             if secret:
-                escaped = json.dumps(secret, ensure_ascii=False)[1:-1]
-                forms.update({secret, escaped, json.dumps(secret)[1:-1]})
-        self._forms = sorted(forms, key=len, reverse=True)
+                forms = {secret, json.dumps(secret, ensure_ascii=False)[1:-1]}
+                (short if len(secret) <= SHORT_SECRET else long).update(forms)
+        self._forms = sorted(long, key=len, reverse=True)
+        self._tokens = (
+            re.compile(
+                r"(?<![\w$])(?:"
+                + "|".join(re.escape(form) for form in sorted(short, key=len, reverse=True))
+                + r")(?![\w$])"
+            )
+            if short
+            else None
+        )
 
     def __call__(self, text: str) -> str:
         for form in self._forms:
             text = text.replace(form, "***")
+        if self._tokens is not None:
+            text = self._tokens.sub("***", text)
         text = _URL_PASSWORD.sub(r"\g<head>***@", text)
         return _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
 
+    def value(self, value: Any) -> Any:
+        """A log field's value with every string in it redacted; dict keys are kept."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {key: self.value(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.value(item) for item in value]
+        return value
+
 
 _HEAD = ("@timestamp", "log.level", "event", "message")
+_UNREDACTED = frozenset({"@timestamp", "log.level", "event"})
 
 
 class _JsonLines(JsonFormatter):
@@ -62,9 +89,9 @@ class _JsonLines(JsonFormatter):
         rest = dict(log_data)
         log_data.clear()
         log_data.update(head, **rest, **fields)
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self._redact(super().format(record))
+        for key, value in log_data.items():
+            if key not in _UNREDACTED:
+                log_data[key] = self._redact.value(value)
 
 
 class _TextLines(logging.Formatter):
@@ -75,13 +102,15 @@ class _TextLines(logging.Formatter):
         self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line = " ".join(self._redact(super().format(record)).split())  # one line, always
         extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD_FIELDS}
         event = extras.pop("event", None)
         extras.update(extras.pop("fields", None) or {})
-        fields = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
+        fields = " ".join(
+            f"{k}={json.dumps(self._redact.value(v), default=str)}" for k, v in extras.items()
+        )
         text = f"{line} [{event}]" if event else line
-        return self._redact(f"{text} {fields}".rstrip())
+        return f"{text} {fields}".rstrip()
 
 
 def configure(

@@ -210,3 +210,43 @@ def test_a_syntax_error_names_line_and_column_and_a_function_error_its_context(
     assert event["hint"] == "fix the data"
     assert "PL/pgSQL function inline_code_block" in event["context"]
     assert "\n" not in raised.finished["error"]
+
+
+# -- configuration mistakes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says", "hidden"),
+    [
+        ("postgresq://app:pw-1234@db/x", "the URL scheme is 'postgresq'", "pw-1234"),
+        (
+            "postgresql://app:pw-1234@db/x?sslmod=disable",
+            'invalid URI query parameter: "sslmod"',
+            "pw-1234",
+        ),
+        (
+            "postgresql://app:s3cr@tail.x@db:5432/x",
+            "percent-encode the password",
+            "tail.x",
+        ),
+        ("postgresql://app:a/b-secret@db/x", "percent-encode the password", "b-secret"),
+        ("postgresql://app:a:b-secret@db/x", "percent-encode the password", "b-secret"),
+        ("postgresql://app:p@db/x?sslmod=disable", '"sslmod"', "app:p@"),
+    ],
+)
+def test_a_malformed_url_exits_78_at_once_saying_what_is_wrong_and_no_secret(
+    migrations_dir: Path, url: str, says: str, hidden: str
+) -> None:
+    write_migration(migrations_dir, "1_a.up.sql", "SELECT 1;")
+    for log_format in ("json", "text"):
+        env = runner_env(None, migrations_dir, DATABASE_URL=url, LOG_FORMAT=log_format)
+        refused = run_entrypoint("up", env=env)
+        assert refused.code == ExitCode.CONFIG, refused.stderr
+        assert refused.seconds < 5
+        if log_format == "json":
+            assert says in refused.finished["error"]
+        else:
+            assert says in refused.stderr
+        assert hidden not in refused.stderr
+        assert "db.wait.attempt" not in refused.stderr
+        assert len(refused.stderr.splitlines()) <= 2

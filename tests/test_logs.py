@@ -7,6 +7,8 @@ import json
 import logging
 from datetime import datetime
 
+import pytest
+
 from runner import logs
 
 
@@ -58,3 +60,40 @@ def test_a_line_separator_in_a_value_cannot_split_the_line() -> None:
     logs.event(logging.ERROR, "x", "bad name \x85 \u2028 \r\n end", file="\x85.up.sql")
     (line,) = stream.getvalue().splitlines()
     assert json.loads(line)["file"] == "\x85.up.sql"
+
+
+@pytest.mark.parametrize("secret", ["a", "ap", "app", "ver", "1", "e"])
+def test_short_secrets_are_redacted_only_as_whole_tokens(secret: str) -> None:
+    stream = io.StringIO()
+    logs.configure(log_format="json", level="INFO", secrets=[secret], stream=stream)
+    logs.event(
+        logging.INFO,
+        "migration.applied",
+        f"applied with {secret} in it",
+        applied=[1],
+        version=1,
+        note=f"{secret}",
+    )
+    (line,) = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    assert entry["event"] == "migration.applied"
+    assert {"applied", "version", "note", "message"} <= set(entry)
+    assert entry["note"] == "***"
+    assert entry["message"] == "applied with *** in it"
+
+
+def test_a_secret_never_changes_keys_or_event_names() -> None:
+    stream = io.StringIO()
+    logs.configure(log_format="json", level="INFO", secrets=["event", "applied"], stream=stream)
+    logs.event(logging.INFO, "run.finished", "the applied event", applied=[1])
+    entry = json.loads(stream.getvalue())
+    assert entry["event"] == "run.finished"
+    assert entry["applied"] == [1]
+    assert entry["message"] == "the *** ***"
+
+
+def test_text_lines_stay_one_line() -> None:
+    stream = io.StringIO()
+    logs.configure(log_format="text", level="INFO", stream=stream)
+    logs.event(logging.ERROR, "x", "first\nsecond\r\nthird", detail="a\nb")
+    assert len(stream.getvalue().splitlines()) == 1
