@@ -99,12 +99,12 @@ def test_no_database_configured_is_an_error_unless_not_required() -> None:
     assert from_env({}, require_database=False).connection is None
 
 
-def test_an_unparsable_url_is_refused_without_echoing_it() -> None:
+def test_an_unparsable_url_is_refused_naming_the_problem_but_not_the_password() -> None:
     with pytest.raises(ConfigError) as caught:
         from_env({"DATABASE_URL": "host=h password=s3cret junk"})
     assert caught.value.variable == "DATABASE_URL"
     assert "s3cret" not in str(caught.value)
-    assert "junk" not in str(caught.value)
+    assert 'missing "=" after "junk"' in str(caught.value)
 
 
 def test_a_bad_sslmode_in_the_url_names_the_url() -> None:
@@ -146,3 +146,13 @@ def test_an_unreadable_secret_file_names_the_variable(tmp_path: Path) -> None:
 def test_from_env_is_pure_and_refuses_unresolved_twins() -> None:
     with pytest.raises(ConfigError, match="load_secret_files"):
         from_env({**BASE, "DB_PASSWORD_FILE": "/run/secrets/pw"})
+
+
+def test_tcp_keepalives_are_set_unless_turned_off_or_given_in_the_url() -> None:
+    kwargs = from_env({"DATABASE_URL": "postgresql://u@h/d"}).connection.kwargs()  # type: ignore[union-attr]
+    assert (kwargs["keepalives_idle"], kwargs["keepalives_count"]) == ("30", "3")
+    assert kwargs["tcp_user_timeout"] == "60000"
+    off = from_env({"DATABASE_URL": "postgresql://u@h/d", "DB_TCP_TIMEOUT": "0"})
+    assert "keepalives" not in off.connection.kwargs()  # type: ignore[union-attr]
+    own = from_env({"DATABASE_URL": "postgresql://u@h/d?keepalives_idle=7"})
+    assert own.connection.kwargs()["keepalives_idle"] == "7"  # type: ignore[union-attr]
