@@ -34,7 +34,7 @@ def session_pooler(server_url: str) -> Iterator[PgBouncer]:
 
 
 def through(bouncer: PgBouncer, database_url: str) -> str:
-    return bouncer.url(conninfo_to_dict(database_url)["dbname"])
+    return bouncer.url(str(conninfo_to_dict(database_url)["dbname"]))
 
 
 def advisory_locks(database_url: str) -> int:
