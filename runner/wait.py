@@ -26,6 +26,7 @@ _AUTH = (
     "password authentication failed",  # 28P01
     "authentication failed",
     "no pg_hba.conf entry",  # 28000
+    "pg_hba.conf rejects connection",  # 28000, a `reject` line
     "permission denied for database",  # 42501
     "must have connect privilege",
     "no password supplied",
@@ -39,6 +40,13 @@ _CONFIG = (
     "could not read root certificate",
     "root certificate file",
     "invalid sslmode",
+    "does not match host name",  # verify-full: the certificate is for another name
+    "requires a valid client certificate",  # pg_hba `cert` or clientcert=verify-*
+    "certificate authentication failed",
+    "could not read certificate",
+    "could not load private key",
+    "tlsv1 alert",  # the server rejected the client certificate during the handshake
+    "sslv3 alert",
 )
 
 
@@ -53,12 +61,12 @@ def classify(error: psycopg.OperationalError) -> Exception:
     lowered = message.lower()
     if 'database "' in lowered and "does not exist" in lowered:  # 3D000
         return DatabaseMissing(f"the database does not exist: {_server_words(message)}")
+    if any(marker in lowered for marker in _CONFIG):  # before _AUTH: "certificate auth... failed"
+        return ConfigError("DB_SSL", f"TLS: {_server_words(message)}")
     if any(marker in lowered for marker in _AUTH) or (
         'role "' in lowered and "does not exist" in lowered  # 28000
     ):
         return AuthenticationFailed(f"authentication failed: {_server_words(message)}")
-    if any(marker in lowered for marker in _CONFIG):
-        return ConfigError("DB_SSL", _server_words(message))
     return TransientConnectError(_server_words(message))
 
 

@@ -3,6 +3,7 @@ without privileges, read-only standbys, and what the runner says about them."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -250,3 +251,97 @@ def test_a_malformed_url_exits_78_at_once_saying_what_is_wrong_and_no_secret(
         assert hidden not in refused.stderr
         assert "db.wait.attempt" not in refused.stderr
         assert len(refused.stderr.splitlines()) <= 2
+
+
+# -- TLS and pg_hba.conf: permanent, so not retried ---------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _issue(directory: Path, ca: str, name: str, subject: str, alt: str | None = None) -> None:
+    _openssl("req", "-new", "-nodes", "-subj", f"/CN={subject}", "-keyout", f"{name}.key",
+             "-out", f"{name}.csr", cwd=directory)  # fmt: skip
+    extensions = directory / f"{name}.ext"
+    extensions.write_text(f"subjectAltName=DNS:{alt}\n" if alt else "basicConstraints=CA:FALSE\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", str(extensions),
+             cwd=directory)  # fmt: skip
+    (directory / f"{name}.key").chmod(0o600)
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TempCluster, Path]]:
+    """A server with TLS (certificate for `localhost` from our own CA), a role that must show a
+    client certificate, and one that pg_hba.conf rejects."""
+    pki = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "other_ca"):
+        _openssl("req", "-new", "-x509", "-days", "2", "-nodes", "-subj", f"/CN={ca}",
+                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", cwd=pki)  # fmt: skip
+    _issue(pki, "ca", "server", "localhost", alt="localhost")
+    with TempCluster() as cluster:
+        cluster.init()
+        for name in ("server.crt", "server.key", "ca.crt"):
+            target = cluster.data / name
+            target.write_bytes((pki / name).read_bytes())
+            target.chmod(0o600)
+            if cluster._as_user:
+                shutil.chown(target, SUPERUSER, SUPERUSER)
+        with (cluster.data / "postgresql.conf").open("a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+            conf.write("ssl_ca_file = 'ca.crt'\n")
+        (cluster.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "hostssl all certuser 127.0.0.1/32 cert\n"
+            "host all rejected 127.0.0.1/32 reject\n"
+            "host all all 127.0.0.1/32 trust\n"
+            "host all all ::1/128 trust\n"
+        )
+        cluster.start()
+        cluster.psql("CREATE ROLE certuser LOGIN; CREATE ROLE rejected LOGIN")
+        yield cluster, pki
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(
+    ("host", "user", "tls", "code", "says"),
+    [
+        ("localhost", "postgres", "sslmode=verify-full&sslrootcert={pki}/ca.crt", 0, ""),
+        (
+            "localhost",
+            "postgres",
+            "sslmode=verify-full&sslrootcert={pki}/other_ca.crt",
+            ExitCode.CONFIG,
+            "certificate verify failed",
+        ),
+        (
+            "127.0.0.1",
+            "postgres",
+            "sslmode=verify-full&sslrootcert={pki}/ca.crt",
+            ExitCode.CONFIG,
+            "does not match host name",
+        ),
+        ("127.0.0.1", "certuser", "sslmode=require", ExitCode.CONFIG, "client certificate"),
+        ("127.0.0.1", "rejected", "sslmode=disable", ExitCode.AUTH_FAILED, "rejects connection"),
+    ],
+)
+def test_tls_and_pg_hba_failures_end_at_once(
+    tls_cluster: tuple[TempCluster, Path],
+    migrations_dir: Path,
+    host: str,
+    user: str,
+    tls: str,
+    code: int,
+    says: str,
+) -> None:
+    cluster, pki = tls_cluster
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE IF NOT EXISTS a (id int);")
+    url = f"postgresql://{user}@{host}:{cluster.port}/postgres?{tls.format(pki=pki)}"
+    outcome = run(url, migrations_dir, DB_WAIT_TIMEOUT="30")
+    assert outcome.code == code, outcome.stderr
+    assert_no_traceback(outcome)
+    assert outcome.seconds < 10  # not retried until the deadline
+    if code:
+        assert says in outcome.finished["error"]
+        assert "db.wait.attempt" not in outcome.stderr
