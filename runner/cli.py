@@ -28,7 +28,7 @@ from runner.errors import (
 from runner.exit_codes import ExitCode
 
 COMMANDS = {
-    "up": "apply every pending migration (default); --single-transaction: all or nothing",
+    "up": "apply every pending migration (the default command)",
     "down": "roll back the newest N applied migrations (default 1; --all for every one)",
     "goto": "up or down to exactly VERSION (0: before the first)",
     "status": "list applied and pending migrations with checksums",
@@ -41,16 +41,9 @@ COMMANDS = {
     "await": "read-only: wait until every migration in the image is applied",
     "wait": "only wait until the database accepts connections",
 }
-# Commands that take an argument, and what it is.
-ARGUMENTS = {"down": "N", "goto": "VERSION", "new": "NAME", "baseline": "VERSION"}
-# Flags that belong to some commands only.
-COMMAND_FLAGS = {
-    "json": ("status", "plan"),
-    "offline": ("validate",),
-    "all": ("down",),
-    "single_transaction": ("up",),
-    "update_checksums": ("repair",),
-}
+DEFAULT_COMMAND = "up"
+# Commands that never connect.
+OFFLINE = frozenset({"new"})
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
@@ -70,38 +63,34 @@ class _StoreValue(argparse.Action):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        unknown = re.match(r"argument command: invalid choice: '([^']*)'", message)
+        unknown = re.match(r"argument (?:command|COMMAND): invalid choice: '([^']*)'", message)
         if unknown:
             raise UsageError(
                 f"unknown command {unknown.group(1)!r}; the commands are "
                 f"{', '.join(COMMANDS)} (see --help)"
             )
-        raise UsageError(f"{message} (see --help)")
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="migration-runner",
-        description="Apply PostgreSQL migrations exactly once. Flags win over the environment.",
-        epilog="commands: " + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
-    )
-    parser.add_argument("command", nargs="?", default="up", choices=list(COMMANDS))
-    parser.add_argument("argument", nargs="?", help="down: N; goto, baseline: VERSION; new: NAME")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--json", action="store_true", help="status, plan: print JSON")
-    parser.add_argument(
-        "--offline", action="store_true", help="validate: check the files only, no database"
-    )
-    parser.add_argument("--all", action="store_true", help="down: every applied migration")
-    parser.add_argument(
-        "--single-transaction", action="store_true", help="up: all pending in one transaction"
-    )
-    parser.add_argument(
-        "--update-checksums", action="store_true", help="repair: accept edited applied files"
-    )
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return int(text)
+
+
+def _version(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a version (digits), got {text!r}")
+    return int(text)
+
+
+def _settings_flags() -> _Parser:
+    """Every setting as a flag, shared by every command."""
+    flags = _Parser(add_help=False)
+    group = flags.add_argument_group("settings (each also an environment variable)")
     for variable in VARIABLES:
         if variable.is_switch:
-            parser.add_argument(
+            group.add_argument(
                 variable.flag,
                 dest=variable.name,
                 action="store_const",
@@ -109,14 +98,73 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"{variable.help} [{variable.name}]",
             )
         else:
-            parser.add_argument(
+            group.add_argument(
                 variable.flag,
                 dest=variable.name,
                 action=_StoreValue,
                 metavar="VALUE",
                 help=f"{variable.help} [{variable.name}]",
             )
+    return flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One subcommand each, with its own flags and --help; the settings' flags on all."""
+    parser = _Parser(
+        prog="migration-runner",
+        description="Apply PostgreSQL migrations exactly once. Flags win over the environment.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands_ = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, required=True
+    )
+    shared = [_settings_flags()]
+
+    def command(name: str) -> argparse.ArgumentParser:
+        return commands_.add_parser(
+            name, parents=shared, help=COMMANDS[name], description=COMMANDS[name]
+        )
+
+    up = command("up")
+    up.add_argument(
+        "--single-transaction", action="store_true", help="all pending migrations in one"
+    )
+    down = command("down")
+    how_many = down.add_mutually_exclusive_group()
+    how_many.add_argument("count", nargs="?", type=_count, metavar="N", help="default 1")
+    how_many.add_argument("--all", action="store_true", help="every applied migration")
+    command("goto").add_argument("target", type=_version, metavar="VERSION")
+    for name in ("status", "plan"):
+        command(name).add_argument("--json", action="store_true", help="print JSON")
+    command("validate").add_argument(
+        "--offline", action="store_true", help="check the files only, no database"
+    )
+    command("new").add_argument("name", metavar="NAME", help="snake_case, e.g. add_orders")
+    command("baseline").add_argument("target", type=_version, metavar="VERSION")
+    repair = command("repair")
+    repair.add_argument(
+        "--update-checksums", action="store_true", help="accept edited applied files"
+    )
+    repair.add_argument(
+        "--version",
+        dest="only_version",
+        type=_version,
+        metavar="N",
+        help="repair this version only",
+    )
+    for name in ("adopt", "await", "wait"):
+        command(name)
     return parser
+
+
+def _with_command(argv: Sequence[str]) -> list[str]:
+    """`up` when no command is given (flags alone, or nothing)."""
+    arguments = list(argv)
+    if not arguments or (
+        arguments[0].startswith("-") and arguments[0] not in ("-h", "--help", "--version")
+    ):
+        return [DEFAULT_COMMAND, *arguments]
+    return arguments
 
 
 def environment_with_flags(
@@ -177,11 +225,10 @@ def main(
     error: BaseException | None = None
     try:
         signals.install()
-        arguments = build_parser().parse_args(argv)
+        arguments = build_parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
         report.command = arguments.command
-        _check_arguments(arguments)
         merged = load_secret_files(environment_with_flags(arguments, environ))
-        needs_database = arguments.command != "new" and not (
+        needs_database = arguments.command not in OFFLINE and not (
             arguments.command == "validate" and arguments.offline
         )
         settings = from_env(merged, require_database=needs_database, terminal=terminal)
@@ -212,52 +259,31 @@ def main(
     return int(code)
 
 
-def _check_arguments(arguments: argparse.Namespace) -> None:
-    command = arguments.command
-    for flag, allowed in COMMAND_FLAGS.items():
-        if getattr(arguments, flag) and command not in allowed:
-            option = "--" + flag.replace("_", "-")
-            raise UsageError(f"{option} goes with {' or '.join(allowed)}, not {command}")
-    wanted = ARGUMENTS.get(command)
-    value = arguments.argument
-    if value is not None and wanted is None:
-        raise UsageError(f"{command} takes no argument, got {value!r}")
-    if command in ("goto", "baseline", "new") and value is None:
-        raise UsageError(f"{command} needs {wanted}")
-    if command == "down" and value is not None and arguments.all:
-        raise UsageError("down takes N or --all, not both")
-    if (
-        command in ("goto", "baseline", "down")
-        and value is not None
-        and not (value.isascii() and value.isdigit())
-    ):
-        raise UsageError(f"{command}: {wanted} must be a whole number, got {value!r}")
-    if command == "down" and value is not None and int(value) < 1:
-        raise UsageError("down: N must be 1 or more")
-
-
 def _run(
     arguments: argparse.Namespace, settings: Settings, report: commands.RunReport, out: IO[str]
 ) -> None:
     command = arguments.command
-    value = arguments.argument
     if command == "up":
         commands.up(settings, report, single_transaction=arguments.single_transaction)
     elif command == "down":
-        count = None if arguments.all else int(value or 1)
-        commands.down(settings, report, count)
+        commands.down(settings, report, None if arguments.all else arguments.count or 1)
     elif command == "goto":
-        commands.goto(settings, report, int(value))
+        commands.goto(settings, report, arguments.target)
     elif command == "baseline":
-        commands.baseline(settings, report, int(value))
+        commands.baseline(settings, report, arguments.target)
     elif command == "repair":
-        commands.repair(settings, report, update_checksums=arguments.update_checksums)
+        commands.repair(
+            settings,
+            report,
+            update_checksums=arguments.update_checksums,
+            only_version=arguments.only_version,
+        )
     elif command == "adopt":
         commands.adopt(settings, report)
     elif command == "await":
         commands.await_schema(settings, report)
     elif command == "new":
-        commands.new(settings, value, out)
+        commands.new(settings, arguments.name, out)
     elif command == "status":
         commands.status(settings, report, out, as_json=arguments.json)
     elif command == "plan":

@@ -204,15 +204,28 @@ def baseline(
 
 
 def repair(
-    settings: Settings, report: RunReport, *, update_checksums: bool, sleep: Sleep = time.sleep
+    settings: Settings,
+    report: RunReport,
+    *,
+    update_checksums: bool,
+    only_version: int | None = None,
+    sleep: Sleep = time.sleep,
 ) -> None:
     """Clear failed or running rows (after a person fixed the schema, so that the migration
-    runs again); with `update_checksums`, accept edited files of applied migrations."""
+    runs again); with `update_checksums`, accept edited files of applied migrations. With
+    `only_version`, touch that version's row only."""
     files = _load(settings)
     on_disk = {m.version: m for m in parse_files(files)}
     changed = 0
     with _locked(settings, sleep) as (conn, table):
         applied = tracking.read(conn, table)
+        if only_version is not None:
+            applied = [row for row in applied if row.version == only_version]
+            if not applied:
+                raise UnknownVersion(
+                    f"version {only_version} has no row in {table}: nothing to repair",
+                    version=only_version,
+                )
         with db.transaction(conn):
             for row in applied:
                 if row.status != APPLIED:

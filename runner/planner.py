@@ -295,7 +295,8 @@ def find_problems(
                 HalfApplied(
                     f"migration {row.version} ({row.name}) is recorded as {row.status}: it ran "
                     "outside a transaction and may be half-applied; a person must check the "
-                    "schema, then repair the tracking table",
+                    "schema (finish or undo what it did), then run `migration-runner repair "
+                    f"--version {row.version}` so that it runs again",
                     version=row.version,
                 )
             )
@@ -312,7 +313,9 @@ def find_problems(
                 ChecksumMismatch(
                     f"{migration.up.filename} was edited after it was applied: its sha256 is "
                     f"{migration.up.checksum}, the database recorded {row.checksum}; add a new "
-                    "migration instead of editing an applied one",
+                    "migration instead of editing an applied one, or, if the edit changes "
+                    "nothing that ran, accept it with `migration-runner repair "
+                    f"--update-checksums --version {row.version}`",
                     file=migration.up.filename,
                     version=row.version,
                 )

@@ -456,3 +456,41 @@ def test_single_transaction_refuses_a_no_transaction_file(
     assert refused.code == ExitCode.INVALID_MIGRATIONS
     assert "2_v.up.sql" in refused.finished["error"]
     assert tables(database_url) == set()
+
+
+def test_messages_name_the_repair_command_and_repair_can_take_one_version(
+    database_url: str, migrations_dir: Path
+) -> None:
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    write_migration(
+        migrations_dir,
+        "2_idx.up.sql",
+        "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY idx_a_id ON a (id);\nSELECT 1/0;",
+    )
+    assert run(database_url, migrations_dir, "up").code == ExitCode.MIGRATION_FAILED
+    halted = run(database_url, migrations_dir, "up")
+    assert halted.code == ExitCode.NEEDS_ATTENTION
+    assert "`migration-runner repair --version 2`" in halted.finished["error"]
+    (migrations_dir / "1_a.up.sql").write_text("CREATE TABLE a (id int); -- reviewed")
+    edited = run(database_url, migrations_dir, "validate")
+    assert "`migration-runner repair --update-checksums --version 1`" in edited.stderr
+    unknown = run(database_url, migrations_dir, "repair", "--version", "7")
+    assert unknown.code == ExitCode.INVALID_MIGRATIONS
+    assert "version 7 has no row" in unknown.finished["error"]
+    only_two = run(database_url, migrations_dir, "repair", "--update-checksums", "--version", "2")
+    assert only_two.code == 0, only_two.stderr
+    assert recorded(database_url) == [(1, "applied")]
+    assert not any(e["event"] == "repair.checksum_updated" for e in only_two.events)
+    assert run(database_url, migrations_dir, "repair", "--version", "x").code == ExitCode.USAGE
+    accepted = run(database_url, migrations_dir, "repair", "--update-checksums", "--version", "1")
+    assert accepted.event("repair.checksum_updated")["version"] == 1
+
+
+def test_every_command_has_its_own_help() -> None:
+    env = runner_env(None, Path("."))
+    for command in ("up", "down", "repair", "status", "validate"):
+        shown = run_entrypoint(command, "--help", env=env)
+        assert shown.code == 0
+        assert f"usage: migration-runner {command}" in shown.stdout
+    assert "--update-checksums" in run_entrypoint("repair", "--help", env=env).stdout
+    assert "--update-checksums" not in run_entrypoint("up", "--help", env=env).stdout
