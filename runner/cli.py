@@ -316,6 +316,7 @@ def _finish(
         "failed_version": fields.get("version"),
         "error": str(error) if error else None,
     }
+    _write_termination_message(dict(summary), settings)  # may warn: before the last line
     logs.event(
         logging.INFO if code == ExitCode.OK else logging.ERROR,
         "run.finished",
@@ -323,7 +324,6 @@ def _finish(
         **summary,
         pending=report.pending,
     )
-    _write_termination_message(summary, settings)
 
 
 def _write_termination_message(summary: dict[str, object], settings: Settings | None) -> None:

@@ -164,7 +164,19 @@ def run_entrypoint(
         cwd=cwd or ROOT,
         check=False,
     )
-    return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
+    return no_traceback(
+        Run(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
+    )
+
+
+INTERNAL_ERROR = 70
+
+
+def no_traceback(run: Run) -> Run:
+    """Every run of the entrypoint in every test: a traceback only with exit 70, a real bug."""
+    if run.code != INTERNAL_ERROR:
+        assert "Traceback" not in run.stderr + run.stdout, run.stderr
+    return run
 
 
 class RunnerProcess:
@@ -234,7 +246,7 @@ class RunnerProcess:
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=10)
         seconds = time.monotonic() - self.started
-        return Run(code, "", "".join(self.lines), seconds)
+        return no_traceback(Run(code, "", "".join(self.lines), seconds))
 
     def close(self) -> None:
         if self.process.poll() is None:

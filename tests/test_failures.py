@@ -345,3 +345,13 @@ def test_tls_and_pg_hba_failures_end_at_once(
     if code:
         assert says in outcome.finished["error"]
         assert "db.wait.attempt" not in outcome.stderr
+
+
+def test_run_finished_is_the_last_line_even_when_the_termination_log_is_unwritable(
+    database_url: str, migrations_dir: Path
+) -> None:
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    finished = run(database_url, migrations_dir, TERMINATION_LOG="/proc/no-such/termination-log")
+    assert finished.code == 0, finished.stderr
+    assert finished.events[-1]["event"] == "run.finished"
+    assert finished.events[-2]["event"] == "termination_log.unwritable"

@@ -28,3 +28,25 @@ def test_the_exit_code_table_matches_the_enum() -> None:
         for code in ExitCode
     }
     assert documented == expected
+
+
+def _readme_events() -> set[str]:
+    section = README.split("\n## Logs", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([a-z_]+\.[a-z_]+)`", row.split("|")[1])}
+
+
+def _emitted_events(prefixes: set[str]) -> set[str]:
+    """Every string literal in runner/ shaped like an event name of a known family."""
+    source = "\n".join(path.read_text() for path in sorted((ROOT / "runner").glob("*.py")))
+    names = set(re.findall(r"\"([a-z_]+\.[a-z_]+)\"", source))
+    return {name for name in names if name.split(".")[0] in prefixes}
+
+
+def test_the_event_table_lists_every_event_the_runner_emits() -> None:
+    documented = _readme_events()
+    families = {name.split(".")[0] for name in documented}
+    assert {"run", "migration", "lock", "db"} <= families
+    emitted = _emitted_events(families)
+    assert emitted - documented == set(), "emitted but not in README's event table"
+    assert documented - emitted == set(), "in README's event table but never emitted"

@@ -64,6 +64,8 @@ def run_main(argv: list[str], environ: dict[str, str]) -> Outcome:
     log = io.StringIO()
     with redirect_stderr(log):
         code = cli.main(argv, environ, stdout=io.StringIO())
+    if code != ExitCode.INTERNAL:  # a traceback only for a real bug
+        assert "Traceback" not in log.getvalue(), log.getvalue()
     return Outcome(code, log.getvalue())
 
 
