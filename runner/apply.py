@@ -89,6 +89,7 @@ class Applier:
         self.applied: list[int] = []  # versions committed by this run, in order
         self.reverted: list[int] = []
         self._running: _Step | None = None  # whose NOTICEs the server is sending
+        self.in_flight: str | None = None  # what a signal left of the migration it stopped
         db.execute(conn, sql.SET_ASYNCHRONOUS_COMMIT)
         conn.add_notice_handler(self._notice)
 
@@ -126,8 +127,10 @@ class Applier:
         try:
             self._with_lock_retries(steps[0], lambda: self._single_transaction(steps))
         except KeyboardInterrupt:
-            if self._committed_anyway(steps[0]):
+            committed = self._committed_anyway(steps[0])
+            if committed:
                 self.applied.extend(step.migration.version for step in steps)
+            self._note_in_flight(steps[0], committed)
             raise
         self.applied.extend(step.migration.version for step in steps)
         duration = round((time.perf_counter() - started) * 1000)
@@ -176,8 +179,10 @@ class Applier:
             else:
                 statements = self._with_lock_retries(step, lambda: self._transactional(step))
         except KeyboardInterrupt:
-            if self._committed_anyway(step):
+            committed = self._committed_anyway(step)
+            if committed:
                 self._done(step)
+            self._note_in_flight(step, committed)
             raise
         finally:
             self._running = None
@@ -196,19 +201,36 @@ class Applier:
         done = self.applied if step.direction == "up" else self.reverted
         done.append(step.migration.version)
 
-    def _committed_anyway(self, step: _Step) -> bool:
+    def _committed_anyway(self, step: _Step) -> bool | None:
         """After a signal: did the migration commit before the cancel reached the server?
         The whole file travels in one query with its COMMIT, so a late signal finds it
-        committed. The tracking row decides."""
+        committed. The tracking row decides; None when the server does not answer."""
         try:
             self._rollback()
             row = db.execute(
                 self.conn, sql.select_status(self.table), {"version": step.migration.version}
             ).fetchone()
         except psycopg.Error:
-            return False
+            return None
         applied = row is not None and row[0] == "applied"
         return applied if step.direction == "up" else row is None
+
+    def _note_in_flight(self, step: _Step, committed: bool | None) -> None:
+        """What the signal left of the migration it stopped, for the run's last words."""
+        version = step.migration.version
+        if committed:
+            self.in_flight = f"migration {version} had already committed, with its row"
+        elif committed is None:
+            self.in_flight = (
+                f"migration {version} may have committed: the server did not answer after the "
+                "signal; the next run reads the tracking table"
+            )
+        elif step.file.no_transaction:
+            self.in_flight = f"migration {version} stopped half-way: " + (
+                _left_outside_a_transaction(step).replace("before this one", "it finished")
+            )
+        else:
+            self.in_flight = f"migration {version} was rolled back and nothing of it remains"
 
     def _with_lock_retries(self, step: _Step, attempt: Callable[[], int]) -> int:
         def log_retry(state: tenacity.RetryCallState) -> None:
@@ -436,7 +458,21 @@ class Applier:
         leaves it `running` or `failed` for a person."""
         version = step.migration.version
         self._reset_session()
-        if step.direction == "up":
+        db.execute(self.conn, sql.set_statement_timeout(self.statement_timeout_ms))
+        earlier = db.execute(self.conn, sql.select_status(self.table), {"version": version})
+        left = earlier.fetchone()
+        if step.direction == "up" and left is not None:
+            # The planner lets a failed row through only when every statement is safe to rerun.
+            logs.event(
+                logging.WARNING,
+                "migration.retrying",
+                f"{step.file.filename} was left {left[0]} by an earlier run; every statement "
+                "in it is safe to run again, so this run retries it",
+                **step.fields,
+                previous_status=left[0],
+            )
+            self._set_status(version, "running", 0)
+        elif step.direction == "up":
             db.execute(
                 self.conn,
                 sql.insert_row(self.table),
@@ -573,8 +609,7 @@ class Applier:
         outcome = (
             "its transaction was rolled back and nothing of it remains"
             if rolled_back
-            else "it ran outside a transaction: statements before this one stay applied, and "
-            "the migration is recorded as failed until a person repairs it"
+            else _left_outside_a_transaction(step)
         )
         return MigrationFailed(
             f"migration {step.migration.version} failed at {place}: "
@@ -624,6 +659,21 @@ def _without_wrapper(text: str, shape: FileShape) -> str:
 
 
 Where = tuple[int | None, int | None]  # line and column in the file, 1-based
+
+
+def _left_outside_a_transaction(step: _Step) -> str:
+    """What a no-transaction migration that stopped half-way leaves, and what comes next."""
+    if step.file.shape.retry_safe:
+        return (
+            "it ran outside a transaction: statements before this one stay applied, an index "
+            "it was building may be left invalid, and the next run drops that and retries the "
+            "file by itself"
+        )
+    return (
+        "it ran outside a transaction: statements before this one stay applied, and the "
+        "migration is recorded as failed until a person checks it and runs "
+        f"`migration-runner repair --version {step.migration.version}`"
+    )
 
 
 def _where_in_text(text: str, failure: db.ScriptError, prefix_length: int, ours: int) -> Where:

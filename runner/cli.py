@@ -238,7 +238,7 @@ def main(
         _run(arguments, settings, report, out)
         out.flush()  # here, where a closed pipe is caught, not at exit
     except KeyboardInterrupt:
-        error = Interrupted(signals.received or signal.SIGINT)
+        error = Interrupted(signals.received or signal.SIGINT, report.in_flight)
     except BrokenPipeError:
         # The reader of stdout went away (`status | head -1`): what it wanted, it has.
         _silence_stdout()

@@ -57,6 +57,7 @@ class RunReport:
     applied: list[int] = field(default_factory=list)
     reverted: list[int] = field(default_factory=list)
     pending: int | None = None
+    in_flight: str | None = None  # what a signal left of the migration it stopped
 
 
 # -- changing the schema ----------------------------------------------------------------------
@@ -640,6 +641,7 @@ def _applier(
         applier.close()
         report.applied.extend(applier.applied)
         report.reverted.extend(applier.reverted)
+        report.in_flight = applier.in_flight
 
 
 def _log_plan(

@@ -207,8 +207,11 @@ class MigrationFailed(RunnerError):
 class Interrupted(RunnerError):
     """A signal stopped the run; the migration in flight was rolled back."""
 
-    def __init__(self, signal_number: int) -> None:
-        super().__init__(f"stopped by signal {signal_number}; the migration in flight rolled back")
+    def __init__(self, signal_number: int, in_flight: str | None = None) -> None:
+        super().__init__(
+            f"stopped by signal {signal_number}; "
+            + (in_flight or "no migration was running, or it was rolled back")
+        )
         self.signal_number = signal_number
 
 

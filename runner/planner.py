@@ -27,6 +27,7 @@ from runner.errors import (
     UnsupportedStatement,
 )
 from runner.sqlscript import (
+    RETRY_SAFE,
     TRANSACTION_CONTROL,
     CopyData,
     Kind,
@@ -50,6 +51,7 @@ class FileShape:
 
     wrapper: tuple[Statement, Statement] | None = None  # its own BEGIN and COMMIT, ignored
     has_copy: bool = False  # COPY ... FROM stdin with inline data
+    retry_safe: bool = False  # every statement may run again after a failure (RETRY_SAFE)
 
 
 PLAIN_SHAPE = FileShape()
@@ -133,6 +135,7 @@ class MigrationFile:
 def _shape(file: MigrationFile, units: Iterator[Statement | CopyData]) -> FileShape:
     """Walk every statement once: refuse what cannot run, find the BEGIN/COMMIT wrapper."""
     control: list[Statement] = []
+    retry_safe = file.no_transaction
     first: Statement | None = None
     last: Statement | None = None
     has_copy = False
@@ -142,6 +145,7 @@ def _shape(file: MigrationFile, units: Iterator[Statement | CopyData]) -> FileSh
         has_copy = has_copy or isinstance(unit, CopyData)
         first = first or statement
         last = statement
+        retry_safe = retry_safe and statement.what in RETRY_SAFE
         refusal = _refusal(file, statement, block)
         if refusal:
             raise UnsupportedStatement(
@@ -177,7 +181,11 @@ def _shape(file: MigrationFile, units: Iterator[Statement | CopyData]) -> FileSh
                 file=file.filename,
                 line=wrong.line,
             )
-    return FileShape(wrapper=wrapper, has_copy=has_copy) if wrapper or has_copy else PLAIN_SHAPE
+    if not (wrapper or has_copy or (retry_safe and first)):
+        return PLAIN_SHAPE
+    return FileShape(
+        wrapper=wrapper, has_copy=has_copy, retry_safe=retry_safe and first is not None
+    )
 
 
 _TRANSACTION_CONTROL = (
@@ -263,6 +271,7 @@ class Plan:
     migrations: tuple[Migration, ...]
     applied: tuple[AppliedMigration, ...]
     pending: tuple[Migration, ...]
+    retrying: frozenset[int] = frozenset()  # pending versions whose failed row is retried
 
     @property
     def highest_applied(self) -> int | None:
@@ -283,13 +292,18 @@ def find_problems(
     applied: Sequence[AppliedMigration],
     *,
     allow_out_of_order: bool = False,
+    retry: bool = True,
 ) -> list[MigrationSetError | NeedsAttention]:
-    """Every reason not to run, in a stable order: files first, then the database's rows."""
+    """Every reason not to run, in a stable order: files first, then the database's rows.
+    `retry`: a failed or interrupted migration that is safe to run again is no problem."""
     migrations, problems = _parse(files)
     by_version = {migration.version: migration for migration in migrations}
     file_problems: list[MigrationSetError | NeedsAttention] = list(problems)
+    retrying = retryable(migrations, applied) if retry else frozenset()
     for row in sorted(applied, key=lambda row: row.version):
         migration = by_version.get(row.version)
+        if row.version in retrying:
+            continue
         if row.status != APPLIED:
             file_problems.append(
                 HalfApplied(
@@ -347,14 +361,35 @@ def plan(
     if problems:
         raise problems[0]
     migrations = _parse(files)[0]
-    applied_versions = {row.version for row in applied}
+    retrying = retryable(migrations, applied)
+    applied_versions = {row.version for row in applied} - retrying
     pending = tuple(m for m in migrations if m.version not in applied_versions)
     _refuse_contents([migration.up for migration in pending])
     return Plan(
         migrations=tuple(migrations),
         applied=tuple(sorted(applied, key=lambda row: row.version)),
         pending=pending,
+        retrying=retrying,
     )
+
+
+def retryable(
+    migrations: Sequence[Migration], applied: Sequence[AppliedMigration]
+) -> frozenset[int]:
+    """Versions recorded as failed or running whose unchanged no-transaction file holds only
+    statements that are safe to run again (RETRY_SAFE): the next `up` retries them itself."""
+    by_version = {migration.version: migration for migration in migrations}
+    found = set()
+    for row in applied:
+        migration = by_version.get(row.version)
+        if row.status == APPLIED or migration is None or migration.up.checksum != row.checksum:
+            continue
+        try:
+            if migration.up.no_transaction and migration.up.shape.retry_safe:
+                found.add(row.version)
+        except MigrationSetError:
+            continue
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -406,7 +441,7 @@ def plan_goto(
 
 
 def _refuse_problems(files: Sequence[MigrationFile], applied: Sequence[AppliedMigration]) -> None:
-    problems = find_problems(files, applied, allow_out_of_order=True)
+    problems = find_problems(files, applied, allow_out_of_order=True, retry=False)
     if problems:
         raise problems[0]
 

@@ -168,6 +168,14 @@ def select_foreign_versions(table: TableName, with_dirty: bool) -> sql.Composed:
     return sql.SQL("SELECT {columns} FROM {table}").format(columns=columns, table=_table(table))
 
 
+def set_statement_timeout(milliseconds: int) -> sql.Composed:
+    """The session's statement_timeout, set explicitly (0: off) so that a role's own default
+    cannot cut a long index build short."""
+    return sql.SQL("SELECT set_config('statement_timeout', {value}, false)").format(
+        value=sql.Literal(f"{milliseconds}ms")
+    )
+
+
 def set_local_timeouts(lock_timeout_ms: int, statement_timeout_ms: int) -> sql.Composed:
     """Per-transaction timeouts for a migration (0 turns one off)."""
     return sql.SQL(

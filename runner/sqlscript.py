@@ -35,6 +35,12 @@ class Kind(Enum):
     META_COMMAND = "psql meta-command"
 
 
+# Statements the runner may simply run again after a failure or an interruption: a named index
+# build (its invalid leftover is dropped first), a drop that tolerates absence, a rebuild.
+RETRY_SAFE = frozenset(
+    {"CREATE INDEX CONCURRENTLY", "DROP INDEX CONCURRENTLY IF EXISTS", "REINDEX CONCURRENTLY"}
+)
+
 TRANSACTION_CONTROL = frozenset(
     {
         Kind.BEGIN,
@@ -382,9 +388,9 @@ def _non_transactional(node: Any) -> str:
     from pglast import ast, enums
 
     if isinstance(node, ast.IndexStmt) and node.concurrent:
-        return "CREATE INDEX CONCURRENTLY"
+        return "CREATE INDEX CONCURRENTLY" + ("" if node.idxname else " without an index name")
     if isinstance(node, ast.DropStmt) and node.concurrent:
-        return "DROP INDEX CONCURRENTLY"
+        return "DROP INDEX CONCURRENTLY" + (" IF EXISTS" if node.missing_ok else "")
     if isinstance(node, ast.ReindexStmt):
         if any(option.defname == "concurrently" for option in node.params or ()):
             return "REINDEX CONCURRENTLY"

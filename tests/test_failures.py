@@ -355,3 +355,74 @@ def test_run_finished_is_the_last_line_even_when_the_termination_log_is_unwritab
     assert finished.code == 0, finished.stderr
     assert finished.events[-1]["event"] == "run.finished"
     assert finished.events[-2]["event"] == "termination_log.unwritable"
+
+
+# -- no-transaction migrations that heal themselves ----------------------------------------------
+
+
+def test_a_failed_index_build_is_retried_by_the_next_run(
+    database_url: str, migrations_dir: Path
+) -> None:
+    write_migration(
+        migrations_dir,
+        "1_a.up.sql",
+        "CREATE TABLE a (id int);\nINSERT INTO a VALUES (1), (1);",
+    )
+    write_migration(
+        migrations_dir,
+        "2_idx.up.sql",
+        "-- migrate:no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS idx_old;\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY idx_a_id ON a (id);",
+    )
+    failed = run(database_url, migrations_dir)
+    assert failed.code == ExitCode.MIGRATION_FAILED, failed.stderr
+    assert "the next run drops that and retries the file by itself" in failed.finished["error"]
+    assert query(database_url, "SELECT indisvalid FROM pg_index WHERE "
+                 "indexrelid = 'idx_a_id'::regclass") == [(False,)]  # fmt: skip
+    status = run(database_url, migrations_dir, "status", "--json")
+    assert status.code == 0, status.stdout  # a failed row that heals itself is no problem
+    query(database_url, "DELETE FROM a WHERE ctid = (SELECT max(ctid) FROM a)")
+    healed = run(database_url, migrations_dir)
+    assert healed.code == 0, healed.stderr
+    assert healed.event("migration.retrying")["previous_status"] == "failed"
+    assert healed.event("index.invalid_dropped")["index"] == "public.idx_a_id"
+    assert healed.finished["applied"] == [2]
+    assert query(database_url, "SELECT indisvalid FROM pg_index WHERE "
+                 "indexrelid = 'idx_a_id'::regclass") == [(True,)]  # fmt: skip
+
+
+def test_other_failed_no_transaction_migrations_still_wait_for_a_person(
+    database_url: str, migrations_dir: Path
+) -> None:
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    write_migration(
+        migrations_dir,
+        "2_idx.up.sql",
+        "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY idx_a_id ON a (id);\n"
+        "UPDATE a SET id = 1 / 0;",
+    )
+    failed = run(database_url, migrations_dir)
+    assert failed.code == ExitCode.MIGRATION_FAILED, failed.stderr
+    assert "`migration-runner repair --version 2`" in failed.finished["error"]
+    assert run(database_url, migrations_dir).code == ExitCode.NEEDS_ATTENTION
+
+
+def test_no_transaction_migrations_run_with_the_configured_statement_timeout(
+    database_url: str, migrations_dir: Path
+) -> None:
+    name = conninfo_to_dict(database_url)["dbname"]
+    query(database_url, f'ALTER DATABASE "{name}" SET statement_timeout = 100')
+    write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
+    write_migration(
+        migrations_dir,
+        "2_slow.up.sql",
+        "-- migrate:no-transaction\nSELECT pg_sleep(0.3);\nCREATE INDEX CONCURRENTLY i ON a (id);",
+    )
+    applied = run(database_url, migrations_dir)
+    assert applied.code == 0, applied.stderr
+    write_migration(
+        migrations_dir, "3_slower.up.sql", "-- migrate:no-transaction\nSELECT pg_sleep(0.5);"
+    )
+    cut = run(database_url, migrations_dir, STATEMENT_TIMEOUT="0.2")
+    assert cut.code == ExitCode.MIGRATION_FAILED, cut.stderr
+    assert "STATEMENT_TIMEOUT is 0.2s" in cut.finished["error"]
