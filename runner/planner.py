@@ -27,6 +27,7 @@ from runner.errors import (
     UnsupportedStatement,
 )
 from runner.sqlscript import (
+    CHUNK,
     RETRY_SAFE,
     TRANSACTION_CONTROL,
     CopyData,
@@ -43,6 +44,7 @@ FILE_NAME = re.compile(
 APPLIED = "applied"
 MAX_VERSION = 2**63 - 1  # the tracking table's bigint
 NO_TRANSACTION = "-- migrate:no-transaction"
+SEAM = 256  # characters of one chunk looked at again with the next
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,24 @@ class MigrationFile:
             first_line = read(200).split("\n", 1)[0]
         return first_line.strip().lower() == NO_TRANSACTION
 
+    def _needs_reading(self) -> bool:
+        """sqlscript.needs_reading over the whole file, a chunk at a time; the end of each
+        chunk is looked at again with the next, so that nothing hides at a seam."""
+        if self.content is not None:
+            return needs_reading(self.text())
+        seam = ""
+        with self.reader() as read:
+            while chunk := read(CHUNK):
+                if needs_reading(seam + chunk):
+                    return True
+                seam = chunk[-SEAM:]
+        return False
+
     @cached_property
     def shape(self) -> FileShape:
         """How the file runs; a file that cannot run as it is written is refused here, before
         anything runs (MigrationSetError)."""
-        if self.content is not None and not needs_reading(self.text()):
+        if not self._needs_reading():
             return PLAIN_SHAPE
         try:
             with self.reader() as read:
