@@ -433,35 +433,32 @@ def write_bigfile(root: Path, kind: str, mib: int) -> BigFile:
     """One migration of `mib` MiB: CREATE TABLE big, then one-row INSERTs (kind INSERT) or one
     `COPY big FROM stdin` with tab-separated data lines and `\\.` (kind COPY). Written a
     thousand rows at a time; psql runs the same file."""
-    directory = root / f"big_{kind.lower()}_{mib}"
-    runner_dir = directory / "runner"
+    runner_dir = root / f"big_{kind.lower()}_{mib}" / "runner"
     runner_dir.mkdir(parents=True)
     path = runner_dir / "000001_big.up.sql"
     head = "CREATE TABLE big (id bigint PRIMARY KEY, name text, note text);\n"
     if kind == "COPY":
         head += "COPY big (id, name, note) FROM stdin;\n"
-    largest = max(len(line.encode()) for line in head.splitlines())
+        names: tuple[str, ...] = _BIG_NAMES
+        notes = [
+            r"\N" if n is None else n.replace("\\", r"\\").replace("\t", r"\t").replace("\n", r"\n")
+            for n in _BIG_NOTES
+        ]
+        line = "{}\t{} #{}\t{}\n"
+    else:
+        names = tuple(n.replace("'", "''") for n in _BIG_NAMES)
+        notes = ["NULL" if n is None else "'" + n.replace("'", "''") + "'" for n in _BIG_NOTES]
+        line = "INSERT INTO big (id, name, note) VALUES ({}, '{} #{}', {});\n"
+    largest = max(len(text.encode()) for text in head.splitlines())
     rows = 0
     with path.open("wb") as out:
         out.write(head.encode())
         while out.tell() < mib << 20:
-            lines = []
-            for row in range(rows + 1, rows + 1001):
-                name = f"{_BIG_NAMES[row % 7]} #{row % 997}"
-                note = _BIG_NOTES[row % 8]
-                if kind == "COPY":
-                    if note is not None:
-                        note = note.replace("\\", "\\\\").replace("\t", "\\t")
-                        note = note.replace("\n", "\\n")
-                    lines.append(f"{row}\t{name}\t{note if note is not None else chr(92) + 'N'}\n")
-                else:
-                    literal = "NULL" if note is None else "'" + note.replace("'", "''") + "'"
-                    lines.append(
-                        f"INSERT INTO big (id, name, note) VALUES ({row}, "
-                        f"'{name.replace(chr(39), chr(39) * 2)}', {literal});\n"
-                    )
-            rows += len(lines)
-            chunk = [line.encode() for line in lines]
+            chunk = [
+                line.format(row, names[row % 7], row % 997, notes[row % 8]).encode()
+                for row in range(rows + 1, rows + 1001)
+            ]
+            rows += len(chunk)
             if kind == "INSERT":
                 largest = max(largest, *map(len, chunk))
             out.write(b"".join(chunk))
@@ -498,6 +495,9 @@ class Row:
     target_ratio: float | None = None  # pass when median / floor median <= this
     no_failures: bool = False  # pass only when every process of every run exited 0
     note: str = ""
+    max_seconds: float | None = None  # pass when the median is under this many seconds
+    rss_bound_mb: float | None = None  # pass when every run's peak RSS is under this (MiB)
+    show_rss: bool = False  # print the peak RSS beside the times
     ratio: float | None = None
     min_ratio: float | None = None  # best run / the floor's best run: less sensitive to noise
     passed: bool | None = None
@@ -514,10 +514,18 @@ class Row:
     def processes(self) -> int:
         return sum(len(s.exit_codes) for s in self.samples)
 
+    def peak_rss_mb(self) -> float | None:
+        values = [kb for s in self.samples for kb in s.max_rss_kb]
+        return max(values) / 1024 if values else None
+
     def target_text(self) -> str:
         parts = []
         if self.target_ratio is not None:
             parts.append(f"<={self.target_ratio:.2f}x")
+        if self.max_seconds is not None:
+            parts.append(f"<{self.max_seconds:g}s")
+        if self.rss_bound_mb is not None:
+            parts.append(f"RSS<{self.rss_bound_mb:.0f}M")
         if self.no_failures:
             parts.append("0 failed")
         if self.role == "floor":
@@ -533,6 +541,11 @@ class Row:
         ok = True
         if self.target_ratio is not None:
             ok = self.ratio is not None and self.ratio <= self.target_ratio
+        if self.max_seconds is not None:
+            ok = ok and self.median() < self.max_seconds
+        if self.rss_bound_mb is not None:
+            peak = self.peak_rss_mb()
+            ok = ok and peak is not None and peak < self.rss_bound_mb
         if self.no_failures:
             ok = ok and self.failures() == 0 and bool(self.samples)
         self.passed = ok
@@ -550,6 +563,8 @@ class Row:
             "min_ratio_to_floor": round(self.min_ratio, 3) if self.min_ratio is not None else None,
             "target_ratio": self.target_ratio,
             "target_no_failures": self.no_failures,
+            "target_max_seconds": self.max_seconds,
+            "target_rss_mb": self.rss_bound_mb,
             "passed": self.passed,
             "failed_processes": self.failures(),
             "processes": self.processes(),
@@ -722,6 +737,12 @@ def check_result(
     tables = tables_named(ctx, database, prefix)
     if tables != want:
         problems.append(f"{tables} {prefix}* tables instead of {want}")
+    for table, rows in mset.expected_rows.items() if tables == want else ():
+        count = ctx.server.query(
+            database, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        )[0][0]
+        if count != rows:
+            problems.append(f"{count:,} rows in {table} instead of {rows:,}")
     if tool.startswith(TOOL):
         recorded, distinct = runner_versions(ctx, database)
         if (recorded, distinct) != (want, want):
@@ -807,11 +828,11 @@ def bench_noop(ctx: Context, runs: int, count: int) -> Workload:
     return work
 
 
-def _tools(ctx: Context, *, warning_row: bool) -> list[str]:
+def _tools(ctx: Context, *, warning_row: bool, dbmate: bool) -> list[str]:
     tools = ["psql", TOOL]
     if warning_row:
         tools.append(f"{TOOL} LOG_LEVEL=WARNING")
-    if ctx.dbmate:
+    if ctx.dbmate and dbmate:
         tools.append("dbmate")
     return tools
 
@@ -823,12 +844,16 @@ def bench_apply(
     mset: MigrationSet,
     prefix: str,
     runs: int,
-    target: float,
+    target: float | None,
     *,
     warning_row: bool,
+    dbmate: bool = True,
+    keep: list[str] | None = None,
 ) -> Workload:
-    """Apply `mset` onto fresh databases with each tool, `runs` times, in rotating order."""
-    tools = _tools(ctx, warning_row=warning_row)
+    """Apply `mset` onto fresh databases with each tool, `runs` times, in rotating order.
+    With `keep`, the last run's runner database is kept (its name appended) for the caller to
+    use and drop."""
+    tools = _tools(ctx, warning_row=warning_row, dbmate=dbmate)
     work = Workload(name, title, [])
     for tool in tools:
         if tool == "psql":
@@ -869,8 +894,11 @@ def bench_apply(
                 if problem and tool == "dbmate":
                     row_of[tool].note = f"failed: {problem}"
         finally:
-            for database in databases.values():
-                ctx.server.drop(database)
+            for tool, database in databases.items():
+                if keep is not None and tool == TOOL and run == runs - 1:
+                    keep.append(database)
+                else:
+                    ctx.server.drop(database)
         progress(
             f"  {name} run {run + 1}/{runs}: "
             + ", ".join(f"{tool} {row_of[tool].samples[-1].seconds:.3f}s" for tool in tools)
@@ -979,6 +1007,99 @@ def bench_memory(ctx: Context, many: Workload) -> MemoryResult:
     return result
 
 
+def bench_bigfile(ctx: Context, runs: int) -> list[Workload]:
+    """One file of each size and kind (INSERTs, COPY data), written here one set at a time:
+    `up` against `psql -1 -f` on fresh databases, the runner's peak RSS against its bound; then
+    on the largest sets `status` (the database the last `up` left) and `validate --offline`.
+    Each set's files and databases are removed as soon as it is measured, also on failure."""
+    args, largest = ctx.args, max(ctx.args.bigfile_mib)
+    places = {ctx.root}
+    with contextlib.suppress(psycopg.Error):  # the server's disk, when it is local and readable
+        found = ctx.server.admin.execute("SHOW data_directory").fetchone()
+        if found and Path(found[0]).is_dir():
+            places.add(Path(found[0]))
+    for place in places:  # the file, two databases of ~2.5x it and their WAL, with room
+        if shutil.disk_usage(place).free < 10 * largest << 20:
+            raise BenchError(f"bigfile needs about {10 * largest} MiB free in {place}")
+    works: list[Workload] = []
+    tools = Workload(
+        "bigfile_tools",
+        f"bigfile: `status` (against the applied database) and `validate --offline` (no "
+        f"database) on the {largest} MiB sets",
+        [],
+    )
+    for mib in args.bigfile_mib:
+        set_runs = runs if mib < 100 else min(runs, 3)
+        for kind in ("INSERT", "COPY"):
+            kept: list[str] = []
+            directory = ctx.root / "sets" / f"big_{kind.lower()}_{mib}"
+            try:
+                progress(f"  writing {mib} MiB of {kind} ...")
+                big = write_bigfile(ctx.root / "sets", kind, mib)
+                started = time.perf_counter()
+                rows = big.mset.expected_rows["big"]
+                what = "one-row INSERTs" if kind == "INSERT" else "lines of COPY FROM stdin data"
+                work = bench_apply(
+                    ctx,
+                    f"big_{kind.lower()}_{mib}",
+                    f"bigfile {big.label}: one migration of {rows:,} {what} onto an empty database",
+                    big.mset,
+                    "big",
+                    set_runs,
+                    None,
+                    warning_row=False,
+                    dbmate=False,
+                    keep=kept,
+                )
+                bound = args.bigfile_rss_mb + 2 * big.largest / 2**20
+                work.row(TOOL).rss_bound_mb = bound
+                for row in work.rows:
+                    row.show_rss = True
+                work.notes.append(
+                    f"memory bound: {args.bigfile_rss_mb:g} MiB + 2 x the largest statement "
+                    f"({big.largest} bytes; COPY data is streamed) = {bound:.2f} MiB; "
+                    f"{set_runs} run(s)"
+                )
+                work.seconds_spent = time.perf_counter() - started
+                works.append(work)
+                if mib == largest and kept:
+                    started = time.perf_counter()
+                    bench_tools(ctx, tools, big, kept[0], runs)
+                    tools.seconds_spent += time.perf_counter() - started
+            finally:
+                for database in kept:
+                    ctx.server.drop(database)
+                shutil.rmtree(directory, ignore_errors=True)
+    return [*works, tools] if tools.rows else works
+
+
+def bench_tools(ctx: Context, work: Workload, big: BigFile, database: str, runs: int) -> None:
+    """`status` and `validate --offline` on a big set, each against the absolute target."""
+    directory = big.mset.runner_dir
+    commands = {
+        f"status ({big.label})": (
+            [ctx.python, str(ctx.entrypoint), "status"],
+            ctx.runner_env(database, directory),
+        ),
+        f"validate --offline ({big.label})": (
+            [ctx.python, str(ctx.entrypoint), "validate", "--offline"],
+            clean_env(MIGRATIONS_DIR=str(directory), LOG_LEVEL=ctx.args.log_level),
+        ),
+    }
+    for tool, (argv, env) in commands.items():
+        row = Row(tool, "target", max_seconds=ctx.args.target_bigfile_tools, no_failures=True)
+        row.show_rss = True
+        label = f"big_{tool.split()[0]}"
+        for _ in range(runs):
+            row.samples.append(sample := ctx.run(argv, env, label))
+            ctx.expect(
+                sample.failures == 0,
+                f"bigfile: `{tool}` exited {sample.exit_codes}: {failure_excerpt(ctx.log(label))}",
+            )
+        progress(f"  {tool}: " + ", ".join(f"{t:.3f}s" for t in row.seconds()))
+        work.rows.append(row)
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -1060,6 +1181,8 @@ def render(
             min_ratio = f"{row.min_ratio:.2f}x" if row.min_ratio is not None else "-"
             result = {True: "PASS", False: "FAIL", None: ""}[row.passed]
             extra = [row.note] if row.note else []
+            if row.show_rss and row.peak_rss_mb() is not None:
+                extra.insert(0, f"peak RSS {row.peak_rss_mb():.1f} MiB")
             if row.failures() and not row.note.endswith("failed"):
                 extra.insert(0, f"{row.failures()}/{row.processes()} processes failed")
             lines.append(
@@ -1159,7 +1282,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workloads",
         default="noop,many,bulk,race",
-        help="comma-separated subset of noop,many,bulk,race (memory comes with many)",
+        help="comma-separated subset of noop,many,bulk,race,bigfile (memory comes with many; "
+        "bigfile, minutes long, runs only when named)",
     )
     parser.add_argument("--python", default=sys.executable, help="interpreter for the runner")
     parser.add_argument("--entrypoint", type=Path, default=DEFAULT_ENTRYPOINT)
@@ -1183,11 +1307,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="rows each race migration inserts (20,000; 2,000 with --quick); 0: empty tables",
     )
     parser.add_argument("--race-runners", default="8,64", help="comma-separated crowd sizes")
+    parser.add_argument(
+        "--bigfile-mib",
+        help="comma-separated file sizes (MiB) of bigfile (40,200; 4,20 with --quick); sets of "
+        "100 MiB and more get min(--runs, 3) runs",
+    )
     parser.add_argument("--target-noop", type=float, default=1.3)
     parser.add_argument("--target-many", type=float, default=1.2)
     parser.add_argument("--target-bulk", type=float, default=1.05)
     parser.add_argument("--target-race", type=float, default=2.0, help="for the smallest crowd")
     parser.add_argument("--target-memory-mb", type=float, default=45.0)
+    parser.add_argument(
+        "--bigfile-rss-mb",
+        type=float,
+        default=80.0,
+        help="bigfile: peak RSS bound is this + 2x the largest statement (MiB)",
+    )
+    parser.add_argument(
+        "--target-bigfile-tools",
+        type=float,
+        default=3.0,
+        help="bigfile: seconds for status and validate --offline on the largest sets",
+    )
     parser.add_argument(
         "--no-checkpoint", action="store_true", help="do not CHECKPOINT before each measurement"
     )
@@ -1201,15 +1342,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.bulk_rows if args.bulk_rows is not None else (200_000 if quick else 2_000_000)
     )
     args.race_rows = args.race_rows if args.race_rows is not None else (2_000 if quick else 20_000)
+    sizes = args.bigfile_mib or ("4,20" if quick else "40,200")
+    args.bigfile_mib = [int(n) for n in sizes.split(",") if n.strip()]
     args.dbmate_note = ""
     chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = set(chosen) - {"noop", "many", "bulk", "race"}
+    unknown = set(chosen) - {"noop", "many", "bulk", "race", "bigfile"}
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
     args.workloads = chosen
     args.race_runners = sorted({int(n) for n in args.race_runners.split(",") if n.strip()})
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if not args.bigfile_mib or min(args.bigfile_mib) < 2:
+        parser.error("--bigfile-mib: sizes of 2 MiB or more (smaller files are not streamed)")
     if not args.psql:
         parser.error("psql not found: install postgresql-client or pass --psql")
     return args
@@ -1236,6 +1381,11 @@ def run_workloads(ctx: Context) -> tuple[list[Workload], MemoryResult | None]:
     for name in args.workloads:
         progress(f"{name} ...")
         started = time.perf_counter()
+        if name == "bigfile":  # one table per set (seconds_spent set in there)
+            for work in bench_bigfile(ctx, runs):
+                work.judge()
+                workloads.append(work)
+            continue
         if name == "noop":
             work = bench_noop(ctx, runs, args.noop_migrations)
         elif name == "many":
