@@ -39,6 +39,7 @@ from runner.planner import (
     MigrationFile,
     content_problems,
     find_problems,
+    future_versions,
     parse_files,
     plan,
     plan_down,
@@ -90,7 +91,12 @@ def up(
             return
         tracking.ensure(conn, table)
         applied = tracking.read(conn, table)  # read again, under the lock
-        todo = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
+        todo = plan(
+            files,
+            applied,
+            allow_out_of_order=settings.allow_out_of_order,
+            ignore_future=settings.ignore_future,
+        ).pending
         _log_plan(report, todo, applied)
         with _applier(conn, table, settings, sleep, report) as applier:
             if single_transaction and todo:
@@ -106,8 +112,14 @@ def _up_to_date(
     """True when every file is applied, unchanged, and durably so: read without the lock,
     which only committed rows can satisfy. Anything else is left to the locked path."""
     applied = tracking.read(conn, table)
+    _note_future(files, applied, settings)
     try:
-        pending = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
+        pending = plan(
+            files,
+            applied,
+            allow_out_of_order=settings.allow_out_of_order,
+            ignore_future=settings.ignore_future,
+        ).pending
     except UnsupportedStatement:
         raise  # a pending file that cannot run as written: refused before anything changes
     except (MigrationSetError, NeedsAttention):
@@ -354,10 +366,11 @@ def _record_without_running(
 
 def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.sleep) -> None:
     """Read-only, no lock: wait until every version in MIGRATIONS_DIR is applied (exit 0), or
-    AWAIT_TIMEOUT passes (75); a database newer than the image is an error (66)."""
+    AWAIT_TIMEOUT passes (75); a database newer than the image is an error (66) unless
+    IGNORE_FUTURE_VERSIONS."""
     files = _load(settings)
     wanted = [m.version for m in parse_files(files)]
-    state: dict[str, Any] = {"unreachable": None}
+    state: dict[str, Any] = {"unreachable": None, "noted": False}
 
     def missing_versions() -> list[int]:
         assert settings.connection is not None
@@ -368,11 +381,17 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
             state["unreachable"] = unreachable
             return wanted
         state["unreachable"] = None
+        if not state["noted"]:
+            _note_future(files, applied, settings)
+            state["noted"] = True
         running = [row for row in applied if row.status == "running"]
         problems = [
             p
             for p in find_problems(
-                files, [r for r in applied if r not in running], allow_out_of_order=True
+                files,
+                [r for r in applied if r not in running],
+                allow_out_of_order=True,
+                ignore_future=settings.ignore_future,
             )
         ]
         _refuse(problems)
@@ -427,8 +446,14 @@ def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool
     migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
     with _connect(settings, time.sleep) as conn:
         applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+    _note_future(files, applied, settings)
     rows = status_rows(files, applied)
-    problems = find_problems(files, applied, allow_out_of_order=settings.allow_out_of_order)
+    problems = find_problems(
+        files,
+        applied,
+        allow_out_of_order=settings.allow_out_of_order,
+        ignore_future=settings.ignore_future,
+    )
     report.pending = sum(1 for row in rows if row["state"] == "pending")
     if as_json:
         document = {"migrations": rows, "problems": [str(problem) for problem in problems]}
@@ -494,7 +519,12 @@ def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: b
     files = _load(settings)
     with _connect(settings, time.sleep) as conn:
         applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
-    pending = plan(files, applied, allow_out_of_order=settings.allow_out_of_order).pending
+    pending = plan(
+        files,
+        applied,
+        allow_out_of_order=settings.allow_out_of_order,
+        ignore_future=settings.ignore_future,
+    ).pending
     report.pending = len(pending)
     entries = [
         {
@@ -524,7 +554,12 @@ def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
         with _connect(settings, time.sleep) as conn:
             applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
     problems: list[RunnerError] = [
-        *find_problems(files, applied, allow_out_of_order=settings.allow_out_of_order),
+        *find_problems(
+            files,
+            applied,
+            allow_out_of_order=settings.allow_out_of_order,
+            ignore_future=settings.ignore_future,
+        ),
         *content_problems(files),
     ]
     for problem in problems:
@@ -594,6 +629,23 @@ def _load(settings: Settings) -> list[MigrationFile]:
     migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
     _refuse([p for p in find_problems(files, []) if isinstance(p, MigrationSetError)])
     return files
+
+
+def _note_future(
+    files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], settings: Settings
+) -> None:
+    """Say which newer versions IGNORE_FUTURE_VERSIONS lets pass, when it does."""
+    if not settings.ignore_future:
+        return
+    future = future_versions(parse_files(files, strict=False), applied)
+    if future:
+        logs.event(
+            logging.WARNING,
+            "plan.future_versions",
+            f"{len(future)} version(s) applied in the database are newer than these migration "
+            "files (IGNORE_FUTURE_VERSIONS): an older release is running against a newer schema",
+            versions=future[:50],
+        )
 
 
 def _refuse(problems: Sequence[RunnerError]) -> None:

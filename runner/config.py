@@ -86,6 +86,12 @@ VARIABLES: tuple[Variable, ...] = (
         is_switch=True,
     ),
     Variable(
+        "IGNORE_FUTURE_VERSIONS",
+        "--ignore-future",
+        "allow versions applied in the database but unknown to these files (a rolled-back app)",
+        is_switch=True,
+    ),
+    Variable(
         "ALLOW_EMPTY",
         "--allow-empty",
         "accept a MIGRATIONS_DIR with no migration files",
@@ -167,6 +173,7 @@ class Settings:
     termination_log_explicit: bool
     allow_out_of_order: bool
     allow_empty: bool = False
+    ignore_future: bool = False
     ddl_lock_timeout: float = 5.0
     ddl_lock_retries: int = 5
     statement_timeout: float = 0.0
@@ -234,6 +241,7 @@ def from_env(
         termination_log_explicit=bool(termination_log),
         allow_out_of_order=_switch(environ, "ALLOW_OUT_OF_ORDER"),
         allow_empty=_switch(environ, "ALLOW_EMPTY"),
+        ignore_future=_switch(environ, "IGNORE_FUTURE_VERSIONS"),
         ddl_lock_timeout=_seconds(environ, "DDL_LOCK_TIMEOUT", 5.0, allow_zero=True),
         ddl_lock_retries=_count(environ, "DDL_LOCK_RETRIES", 5),
         statement_timeout=_seconds(environ, "STATEMENT_TIMEOUT", 0.0, allow_zero=True),

@@ -308,16 +308,19 @@ def find_problems(
     *,
     allow_out_of_order: bool = False,
     retry: bool = True,
+    ignore_future: bool = False,
 ) -> list[MigrationSetError | NeedsAttention]:
     """Every reason not to run, in a stable order: files first, then the database's rows.
-    `retry`: a failed or interrupted migration that is safe to run again is no problem."""
+    `retry`: a failed or interrupted migration that is safe to run again is no problem.
+    `ignore_future`: nor are versions applied above the highest file (see future_versions)."""
     migrations, problems = _parse(files)
     by_version = {migration.version: migration for migration in migrations}
     file_problems: list[MigrationSetError | NeedsAttention] = list(problems)
     retrying = retryable(migrations, applied) if retry else frozenset()
+    future = set(future_versions(migrations, applied)) if ignore_future else set()
     for row in sorted(applied, key=lambda row: row.version):
         migration = by_version.get(row.version)
-        if row.version in retrying:
+        if row.version in retrying or row.version in future:
             continue
         if row.status != APPLIED:
             file_problems.append(
@@ -370,9 +373,12 @@ def plan(
     applied: Sequence[AppliedMigration],
     *,
     allow_out_of_order: bool = False,
+    ignore_future: bool = False,
 ) -> Plan:
     """What `up` runs: every up file not yet applied, in version order."""
-    problems = find_problems(files, applied, allow_out_of_order=allow_out_of_order)
+    problems = find_problems(
+        files, applied, allow_out_of_order=allow_out_of_order, ignore_future=ignore_future
+    )
     if problems:
         raise problems[0]
     migrations = _parse(files)[0]
@@ -386,6 +392,16 @@ def plan(
         pending=pending,
         retrying=retrying,
     )
+
+
+def future_versions(
+    migrations: Sequence[Migration], applied: Sequence[AppliedMigration]
+) -> list[int]:
+    """Versions applied in the database above the highest file here: a newer release's, seen
+    by an older one (an application rolled back). A lower version without its file is not
+    one of them: that file was deleted."""
+    highest = max((migration.version for migration in migrations), default=-1)
+    return [row.version for row in applied if row.status == APPLIED and row.version > highest]
 
 
 def retryable(

@@ -494,3 +494,29 @@ def test_every_command_has_its_own_help() -> None:
         assert f"usage: migration-runner {command}" in shown.stdout
     assert "--update-checksums" in run_entrypoint("repair", "--help", env=env).stdout
     assert "--update-checksums" not in run_entrypoint("up", "--help", env=env).stdout
+
+
+def test_a_rolled_back_image_starts_with_ignore_future(
+    database_url: str, migrations_dir: Path
+) -> None:
+    three_with_downs(migrations_dir)
+    assert run(database_url, migrations_dir, "up").code == 0
+    for version in (3,):  # the older image does not know version 3
+        (migrations_dir / f"{version}_t{version}.up.sql").unlink()
+        (migrations_dir / f"{version}_t{version}.down.sql").unlink()
+    assert run(database_url, migrations_dir, "await").code == ExitCode.INVALID_MIGRATIONS
+    for args, extra in (
+        (("await", "--ignore-future"), {}),
+        (("await",), {"IGNORE_FUTURE_VERSIONS": "true"}),
+        (("up", "--ignore-future"), {}),
+        (("status", "--ignore-future"), {}),
+    ):
+        allowed = run(database_url, migrations_dir, *args, **extra)
+        assert allowed.code == 0, (args, allowed.stderr)
+        assert allowed.event("plan.future_versions")["versions"] == [3]
+    # A lower version whose file is gone was deleted, not newer: still refused.
+    (migrations_dir / "1_t1.up.sql").unlink()
+    (migrations_dir / "1_t1.down.sql").unlink()
+    deleted = run(database_url, migrations_dir, "up", "--ignore-future")
+    assert deleted.code == ExitCode.INVALID_MIGRATIONS
+    assert "migration 1 (t1) is applied in the database but has no file" in deleted.stderr
