@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tests.faultregistry import REGISTRY_KEY, FaultRegistry, record_marked_trial
 from tests.pgcluster import TempCluster, find_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,41 @@ def _docker_answers() -> bool:
             return b"200 OK" in probe.recv(1024)
     except OSError:
         return False
+
+
+# The fault table: every test that injects a fault or a hostile input wraps each injection in
+# `fault_registry.trial(name)`; a run counts, and it survived when every invariant held. The
+# table goes to the terminal, and to the file named by FAULT_TABLE_FILE when that is set (a
+# fixed path would be shared by two runs on one machine).
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[REGISTRY_KEY] = FaultRegistry()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    registry = config.stash.get(REGISTRY_KEY, None)
+    if registry is None or not registry.rows:
+        return
+    table = registry.markdown()
+    terminalreporter.section("fault table")
+    terminalreporter.write(table)
+    target = os.environ.get("FAULT_TABLE_FILE")
+    if target:
+        Path(target).write_text(table, encoding="utf-8")
+        terminalreporter.write_line(f"(written to {target})")
+
+
+@pytest.fixture(scope="session")
+def fault_registry(pytestconfig: pytest.Config) -> FaultRegistry:
+    return pytestconfig.stash[REGISTRY_KEY]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    yield from record_marked_trial(item)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -44,6 +44,7 @@ def app_url(database_url: str, server_url: str) -> Iterator[str]:
         admin.execute(f"DROP ROLE IF EXISTS {role}".encode())
 
 
+@pytest.mark.fault("a role without CREATE on the schema or the database")
 def test_a_role_that_cannot_create_the_tracking_table_exits_77_naming_the_privilege(
     app_url: str, migrations_dir: Path
 ) -> None:
@@ -59,6 +60,7 @@ def test_a_role_that_cannot_create_the_tracking_table_exits_77_naming_the_privil
     assert "CREATE on database" in in_schema.finished["error"]
 
 
+@pytest.mark.fault("a role without SELECT on the tracking table (up, status, plan, await)")
 def test_reading_the_tracking_table_without_select_exits_77(
     database_url: str, app_url: str, migrations_dir: Path
 ) -> None:
@@ -121,6 +123,7 @@ def primary_and_standby() -> Iterator[tuple[TempCluster, TempCluster]]:
 
 
 @pytest.mark.cluster
+@pytest.mark.fault("a hot standby instead of the primary")
 def test_a_standby_is_waited_out_as_read_only_and_never_blamed_on_a_migration(
     primary_and_standby: tuple[TempCluster, TempCluster], migrations_dir: Path
 ) -> None:
@@ -156,6 +159,7 @@ def test_a_multi_host_url_reaches_the_primary_and_says_which(
     assert status.code == 0, status.stderr
 
 
+@pytest.mark.fault("`default_transaction_read_only = on`")
 def test_a_database_that_is_read_only_by_default_is_waited_out(
     database_url: str, migrations_dir: Path
 ) -> None:
@@ -235,6 +239,7 @@ def test_a_syntax_error_names_line_and_column_and_a_function_error_its_context(
         ("postgresql://app:p@db/x?sslmod=disable", '"sslmod"', "app:p@"),
     ],
 )
+@pytest.mark.fault("a malformed `DATABASE_URL` (scheme, parameter, unencoded `@ : /`)")
 def test_a_malformed_url_exits_78_at_once_saying_what_is_wrong_and_no_secret(
     migrations_dir: Path, url: str, says: str, hidden: str
 ) -> None:
@@ -326,6 +331,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Temp
         ("127.0.0.1", "rejected", "sslmode=disable", ExitCode.AUTH_FAILED, "rejects connection"),
     ],
 )
+@pytest.mark.fault("TLS verification, client certificate, `pg_hba.conf` reject")
 def test_tls_and_pg_hba_failures_end_at_once(
     tls_cluster: tuple[TempCluster, Path],
     migrations_dir: Path,
@@ -360,6 +366,7 @@ def test_run_finished_is_the_last_line_even_when_the_termination_log_is_unwritab
 # -- no-transaction migrations that heal themselves ----------------------------------------------
 
 
+@pytest.mark.fault("a failed `CREATE INDEX CONCURRENTLY`, retried by the next run")
 def test_a_failed_index_build_is_retried_by_the_next_run(
     database_url: str, migrations_dir: Path
 ) -> None:

@@ -42,6 +42,7 @@ def advisory_locks(database_url: str) -> int:
     return int(rows[0][0])
 
 
+@pytest.mark.fault("PgBouncer in transaction or statement pooling")
 def test_transaction_pooling_is_refused_with_78_and_leaves_no_lock(
     transaction_pooler: PgBouncer, database_url: str, migrations_dir: Path
 ) -> None:
@@ -81,6 +82,7 @@ def test_the_runner_s_own_direct_url_goes_past_the_pooler(
     assert not any(e["event"] == "db.pooler_session" for e in applied.events)
 
 
+@pytest.mark.fault("16 runners at once through PgBouncer session pooling")
 def test_session_pooling_passes_the_16_runner_race(
     session_pooler: PgBouncer, database_url: str, migrations_dir: Path
 ) -> None:

@@ -57,6 +57,7 @@ def apply_in_one_or_two_runs(
 
 
 @pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.fault("a file's `SET search_path`, then the next file (one run, two runs)")
 def test_a_search_path_set_by_one_file_does_not_move_the_next(
     database_url: str, migrations_dir: Path, runs: int
 ) -> None:
@@ -76,6 +77,7 @@ def test_a_search_path_set_by_one_file_does_not_move_the_next(
 
 
 @pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.fault("pg_dump's empty `search_path`, then the next file and its row")
 def test_pg_dump_s_empty_search_path_does_not_break_the_row(
     database_url: str, migrations_dir: Path, runs: int
 ) -> None:
@@ -89,6 +91,7 @@ def test_pg_dump_s_empty_search_path_does_not_break_the_row(
 
 
 @pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.fault("a `TEMP TABLE` shadowing the next file's table")
 def test_a_temporary_table_does_not_swallow_the_next_file_s_seed(
     database_url: str, migrations_dir: Path, runs: int
 ) -> None:
@@ -112,6 +115,7 @@ def other_role(server_url: str) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("runs", [1, 2])
+@pytest.mark.fault("`SET ROLE` and `statement_timeout = 1`, then the next file")
 def test_set_role_and_timeouts_end_with_their_file(
     database_url: str, migrations_dir: Path, other_role: str, runs: int
 ) -> None:
@@ -151,6 +155,7 @@ def test_schema_migrations_and_public_schema_migrations_are_one_table(
 # -- 2. transaction control written inside a file ------------------------------------------------
 
 
+@pytest.mark.fault("a file's own `BEGIN`/`COMMIT` wrapper, with a failure inside")
 def test_a_begin_commit_wrapper_is_ignored_with_a_warning(
     database_url: str, migrations_dir: Path
 ) -> None:
@@ -182,6 +187,7 @@ def test_a_begin_commit_wrapper_is_ignored_with_a_warning(
         ("CREATE TABLE a ();\nABORT;", 2, "ABORT"),
     ],
 )
+@pytest.mark.fault("other transaction control in an ordinary file")
 def test_other_transaction_control_is_refused_before_anything_runs(
     database_url: str, migrations_dir: Path, sql: str, line: int, words: str
 ) -> None:
@@ -237,6 +243,7 @@ def test_blocks_in_a_no_transaction_file_run_as_blocks(
         ("BEGIN;\nCREATE INDEX CONCURRENTLY i ON a (id);\nCOMMIT;\n", 3),
     ],
 )
+@pytest.mark.fault("unbalanced `BEGIN`/`COMMIT` in a no-transaction file")
 def test_unbalanced_blocks_in_a_no_transaction_file_are_refused(
     database_url: str, migrations_dir: Path, sql: str, line: int
 ) -> None:
@@ -270,6 +277,7 @@ ALTER TABLE ONLY public.people ADD CONSTRAINT people_pkey PRIMARY KEY (id);
 
 
 @pytest.mark.parametrize("no_transaction", [False, True])
+@pytest.mark.fault("pg_dump `COPY ... FROM stdin` data (transactional, no-transaction)")
 def test_pg_dump_copy_data_loads(
     database_url: str, migrations_dir: Path, no_transaction: bool
 ) -> None:
@@ -287,6 +295,7 @@ def test_pg_dump_copy_data_loads(
     assert recorded(database_url) == [(1, "applied"), (2, "applied")]
 
 
+@pytest.mark.fault("a bad `COPY` data line")
 def test_bad_copy_data_names_its_line_and_leaves_nothing(
     database_url: str, migrations_dir: Path
 ) -> None:
@@ -312,6 +321,7 @@ def test_bad_copy_data_names_its_line_and_leaves_nothing(
         ("\\set ON_ERROR_STOP on\nCREATE TABLE a (id int);", 1, "psql meta-command"),
     ],
 )
+@pytest.mark.fault("psql meta-commands, `COPY TO STDOUT`, `COPY` data without `\\.`")
 def test_what_only_psql_can_run_is_refused_before_anything_runs(
     database_url: str, migrations_dir: Path, sql: str, line: int, words: str
 ) -> None:
@@ -343,6 +353,7 @@ def test_notices_of_a_migration_are_logged(database_url: str, migrations_dir: Pa
 # -- 5. large files are streamed ------------------------------------------------------------------
 
 
+@pytest.mark.fault("a file over 1 MiB streamed, failing near its end")
 def test_a_large_file_with_copy_data_streams_and_names_a_late_line(
     database_url: str, migrations_dir: Path
 ) -> None:
@@ -374,6 +385,7 @@ def test_a_large_file_with_copy_data_streams_and_names_a_late_line(
 # -- 6. nothing skipped in silence ----------------------------------------------------------------
 
 
+@pytest.mark.fault("a dangling symbolic link, then a symbolic link loop")
 def test_a_dangling_symlink_or_a_loop_is_refused(database_url: str, migrations_dir: Path) -> None:
     write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
     (migrations_dir / "2_b.up.sql").symlink_to(migrations_dir / "gone.sql")
@@ -419,6 +431,7 @@ def test_an_empty_directory_is_refused_unless_allowed(
 
 
 @pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+@pytest.mark.fault("`SQL_ASCII` and `LATIN1` databases")
 def test_a_database_in_another_encoding_works_twice(
     server_url: str, migrations_dir: Path, encoding: str
 ) -> None:

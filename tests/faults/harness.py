@@ -8,50 +8,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.conftest import Run, query, run_entrypoint, runner_env
+from tests.faultregistry import REGISTRY_KEY, FaultRegistry, Tally
 from tests.pgcluster import TempCluster
 
+__all__ = ["REGISTRY_KEY", "FaultRegistry", "Tally"]
+
 APPLICATION = "migration-runner"
-
-
-# -- the registry behind the fault table ------------------------------------------------------
-
-
-@dataclass
-class Tally:
-    runs: int = 0
-    survived: int = 0
-
-
-@dataclass
-class FaultRegistry:
-    rows: dict[str, Tally] = field(default_factory=dict)
-
-    @contextmanager
-    def trial(self, fault: str) -> Iterator[None]:
-        """One injection of `fault`: it survived if the block ends without an exception."""
-        tally = self.rows.setdefault(fault, Tally())
-        tally.runs += 1
-        yield
-        tally.survived += 1
-
-    def markdown(self) -> str:
-        lines = ["| fault | runs | survived |", "|---|---:|---:|"]
-        lines += [f"| {name} | {t.runs} | {t.survived} |" for name, t in self.rows.items()]
-        total_runs = sum(t.runs for t in self.rows.values())
-        total_survived = sum(t.survived for t in self.rows.values())
-        lines.append(f"| **total** | {total_runs} | {total_survived} |")
-        return "\n".join(lines) + "\n"
-
-
-REGISTRY_KEY = pytest.StashKey[FaultRegistry]()
 
 
 # -- databases ---------------------------------------------------------------------------------
