@@ -151,3 +151,24 @@ def test_a_closed_pipe_and_an_unknown_command_end_quietly(
     assert unknown.code == 64
     assert unknown.finished["error"].startswith("unknown command 'upp'; the commands are up, ")
     assert unknown.finished["message"] == "migration-runner failed with exit code 64"
+
+
+def test_new_writes_into_the_working_directory_s_db_migrations(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "db" / "migrations").mkdir(parents=True)
+    env = runner_env(None, None)
+    made = run_entrypoint("new", "add_orders", env=env, cwd=project)
+    assert made.code == 0, made.stderr
+    assert sorted(p.name for p in (project / "db" / "migrations").iterdir()) == [
+        "000001_add_orders.down.sql",
+        "000001_add_orders.up.sql",
+    ]
+
+
+def test_new_in_a_directory_it_cannot_write_exits_78_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    env = runner_env(None, Path("/proc"))
+    refused = run_entrypoint("new", "add_orders", env=env)
+    assert refused.code == 78, refused.stderr
+    assert refused.finished["error"].startswith("MIGRATIONS_DIR: cannot create /proc/000001_")

@@ -156,3 +156,15 @@ def test_tcp_keepalives_are_set_unless_turned_off_or_given_in_the_url() -> None:
     assert "keepalives" not in off.connection.kwargs()  # type: ignore[union-attr]
     own = from_env({"DATABASE_URL": "postgresql://u@h/d?keepalives_idle=7"})
     assert own.connection.kwargs()["keepalives_idle"] == "7"  # type: ignore[union-attr]
+
+
+def test_logs_are_text_on_a_terminal_and_json_elsewhere_unless_chosen() -> None:
+    base = {"DATABASE_URL": "postgresql://u@h/d"}
+    assert from_env(base, terminal=True).log_format == "text"
+    assert from_env(base, terminal=False).log_format == "json"
+    assert from_env({**base, "LOG_FORMAT": "json"}, terminal=True).log_format == "json"
+
+
+def test_the_default_migrations_dir_is_the_working_directory_s() -> None:
+    settings = from_env({}, require_database=False)
+    assert str(settings.migrations_dir) == "db/migrations"

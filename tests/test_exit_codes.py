@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -188,12 +188,28 @@ def test_sigint_during_a_migration_exits_130(database_url: str, migrations_dir: 
     )
     with RunnerProcess(runner_env(database_url, migrations_dir)) as runner:
         runner.wait_for("migration.started")
-        time.sleep(0.5)
+        _poll(lambda: _sleeping_runners(database_url) == 1)
         runner.send(2)
         run = runner.finish(timeout=30)
     assert run.code == ExitCode.INTERRUPTED, run.stderr
     assert run.finished["retryable"] is True
     assert query(database_url, "SELECT to_regclass('slow')") == [(None,)]
+
+
+def _sleeping_runners(database_url: str) -> int:
+    rows = query(
+        database_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migration-runner' "
+        "AND wait_event = 'PgSleep'",
+    )
+    return int(rows[0][0])
+
+
+def _poll(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the state never came"
+        time.sleep(0.02)
 
 
 def test_the_termination_message_summarises_a_failure(

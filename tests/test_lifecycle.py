@@ -261,7 +261,7 @@ def test_await_waits_for_the_schema_without_locking_or_writing(
 
     env = runner_env(database_url, migrations_dir, AWAIT_TIMEOUT="30")
     with RunnerProcess(env, "await") as waiter:
-        time.sleep(1.0)
+        waiter.wait_for("await.waiting")  # it looked, and is waiting
         assert waiter.process.poll() is None
         assert run(database_url, migrations_dir, "up").code == 0
         awaited = waiter.finish(timeout=30)
