@@ -90,6 +90,10 @@ def test_a_signal_during_a_no_transaction_migration(
         assert_no_runner_left(db)
         if signum == signal.SIGKILL:
             assert recorded(db)[2] == "running"
+        else:  # the last words say what is left, not "rolled back"
+            error = run.finished["error"]
+            assert "migration 2 stopped half-way" in error, error
+            assert "`migration-runner repair --version 2`" in error
         # The first statement committed on its own; the one after the sleep never ran.
         assert tables(db) == {"t1", "nt_first"}
         assert_stuck_then_repaired(db, migrations_dir)
