@@ -37,6 +37,7 @@ from runner.planner import (
     AppliedMigration,
     Migration,
     MigrationFile,
+    Plan,
     content_problems,
     find_problems,
     future_versions,
@@ -91,12 +92,7 @@ def up(
             return
         tracking.ensure(conn, table)
         applied = tracking.read(conn, table)  # read again, under the lock
-        todo = plan(
-            files,
-            applied,
-            allow_out_of_order=settings.allow_out_of_order,
-            ignore_future=settings.ignore_future,
-        ).pending
+        todo = _plan(files, applied, settings).pending
         _log_plan(report, todo, applied)
         with _applier(conn, table, settings, sleep, report) as applier:
             if single_transaction and todo:
@@ -114,12 +110,7 @@ def _up_to_date(
     applied = tracking.read(conn, table)
     _note_future(files, applied, settings)
     try:
-        pending = plan(
-            files,
-            applied,
-            allow_out_of_order=settings.allow_out_of_order,
-            ignore_future=settings.ignore_future,
-        ).pending
+        pending = _plan(files, applied, settings).pending
     except UnsupportedStatement:
         raise  # a pending file that cannot run as written: refused before anything changes
     except (MigrationSetError, NeedsAttention):
@@ -448,12 +439,7 @@ def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool
         applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
     _note_future(files, applied, settings)
     rows = status_rows(files, applied)
-    problems = find_problems(
-        files,
-        applied,
-        allow_out_of_order=settings.allow_out_of_order,
-        ignore_future=settings.ignore_future,
-    )
+    problems = _problems(files, applied, settings)
     report.pending = sum(1 for row in rows if row["state"] == "pending")
     if as_json:
         document = {"migrations": rows, "problems": [str(problem) for problem in problems]}
@@ -519,12 +505,7 @@ def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: b
     files = _load(settings)
     with _connect(settings, time.sleep) as conn:
         applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
-    pending = plan(
-        files,
-        applied,
-        allow_out_of_order=settings.allow_out_of_order,
-        ignore_future=settings.ignore_future,
-    ).pending
+    pending = _plan(files, applied, settings).pending
     report.pending = len(pending)
     entries = [
         {
@@ -554,12 +535,7 @@ def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
         with _connect(settings, time.sleep) as conn:
             applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
     problems: list[RunnerError] = [
-        *find_problems(
-            files,
-            applied,
-            allow_out_of_order=settings.allow_out_of_order,
-            ignore_future=settings.ignore_future,
-        ),
+        *_problems(files, applied, settings),
         *content_problems(files),
     ]
     for problem in problems:
@@ -629,6 +605,28 @@ def _load(settings: Settings) -> list[MigrationFile]:
     migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
     _refuse([p for p in find_problems(files, []) if isinstance(p, MigrationSetError)])
     return files
+
+
+def _plan(
+    files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], settings: Settings
+) -> Plan:
+    return plan(
+        files,
+        applied,
+        allow_out_of_order=settings.allow_out_of_order,
+        ignore_future=settings.ignore_future,
+    )
+
+
+def _problems(
+    files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], settings: Settings
+) -> list[MigrationSetError | NeedsAttention]:
+    return find_problems(
+        files,
+        applied,
+        allow_out_of_order=settings.allow_out_of_order,
+        ignore_future=settings.ignore_future,
+    )
 
 
 def _note_future(
