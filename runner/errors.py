@@ -1,14 +1,18 @@
-"""The one error hierarchy, and the one place that maps it to exit codes."""
+"""The one error hierarchy; each class carries the exit code that reports it."""
 
 from __future__ import annotations
+
+from signal import SIGINT
+from typing import ClassVar
 
 from runner.exit_codes import ExitCode
 
 
 class RunnerError(Exception):
-    """Base of every error the runner reports to its user."""
+    """Base of every error the runner reports to its user; each class carries its exit code."""
 
     event = "run.error"
+    exit_code: ClassVar[ExitCode] = ExitCode.INTERNAL
 
     def fields(self) -> dict[str, object]:
         """Structured fields for the log line and the termination message."""
@@ -18,9 +22,13 @@ class RunnerError(Exception):
 class UsageError(RunnerError):
     """Unknown command or flag."""
 
+    exit_code = ExitCode.USAGE
+
 
 class ConfigError(RunnerError):
     """A setting is missing or has a wrong value."""
+
+    exit_code = ExitCode.CONFIG
 
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
@@ -41,13 +49,19 @@ class UnstableSession(ConfigError):
 class DatabaseUnreachable(RunnerError):
     """The database did not accept a connection before the deadline."""
 
+    exit_code = ExitCode.DB_UNREACHABLE
+
 
 class DatabaseMissing(RunnerError):
     """The configured database does not exist on the server."""
 
+    exit_code = ExitCode.CONFIG
+
 
 class AuthenticationFailed(RunnerError):
     """Bad password, unknown role, or permission denied."""
+
+    exit_code = ExitCode.AUTH_FAILED
 
 
 class PermissionDenied(AuthenticationFailed):
@@ -57,10 +71,14 @@ class PermissionDenied(AuthenticationFailed):
 class LockTimeout(RunnerError):
     """Another runner held the migration lock for longer than MIGRATION_LOCK_TIMEOUT."""
 
+    exit_code = ExitCode.LOCK_TIMEOUT
+
 
 class DdlLockTimeout(RunnerError):
     """A migration could not get its table locks within DDL_LOCK_TIMEOUT, DDL_LOCK_RETRIES times;
     everything it did was rolled back."""
+
+    exit_code = ExitCode.LOCK_TIMEOUT
 
     def __init__(self, message: str, *, version: int) -> None:
         super().__init__(message)
@@ -73,9 +91,13 @@ class DdlLockTimeout(RunnerError):
 class AwaitTimeout(RunnerError):
     """`await`: the schema did not reach the image's versions before AWAIT_TIMEOUT."""
 
+    exit_code = ExitCode.LOCK_TIMEOUT
+
 
 class MigrationSetError(RunnerError):
     """The migration files, or their relation to what is applied, are unsafe to act on."""
+
+    exit_code = ExitCode.INVALID_MIGRATIONS
 
     def __init__(self, message: str, *, file: str | None = None, version: int | None = None):
         super().__init__(message)
@@ -146,6 +168,8 @@ class NeedsNoTransaction(MigrationSetError):
 class NeedsAttention(RunnerError):
     """The database is in a state that a person must look at before the runner goes on."""
 
+    exit_code = ExitCode.NEEDS_ATTENTION
+
 
 class ForeignTrackingTable(NeedsAttention):
     """A table with the tracking table's name exists but has another shape."""
@@ -164,6 +188,8 @@ class HalfApplied(NeedsAttention):
 
 class MigrationFailed(RunnerError):
     """A migration's SQL failed; its transaction was rolled back."""
+
+    exit_code = ExitCode.MIGRATION_FAILED
 
     event = "migration.failed"
 
@@ -215,27 +241,11 @@ class Interrupted(RunnerError):
         self.signal_number = signal_number
 
 
-_EXIT_CODES: tuple[tuple[type[RunnerError], ExitCode], ...] = (
-    (UsageError, ExitCode.USAGE),
-    (ConfigError, ExitCode.CONFIG),
-    (DatabaseMissing, ExitCode.CONFIG),
-    (DatabaseUnreachable, ExitCode.DB_UNREACHABLE),
-    (AuthenticationFailed, ExitCode.AUTH_FAILED),
-    (LockTimeout, ExitCode.LOCK_TIMEOUT),
-    (DdlLockTimeout, ExitCode.LOCK_TIMEOUT),
-    (AwaitTimeout, ExitCode.LOCK_TIMEOUT),
-    (MigrationSetError, ExitCode.INVALID_MIGRATIONS),
-    (NeedsAttention, ExitCode.NEEDS_ATTENTION),
-    (MigrationFailed, ExitCode.MIGRATION_FAILED),
-)
-
-
 def exit_code_for(error: BaseException) -> ExitCode:
     """The exit status that reports `error`; anything unforeseen is a bug (70)."""
     if isinstance(error, Interrupted):
         # SIGINT is 130; SIGTERM and SIGHUP (a closed terminal, a stopped supervisor) are 143.
-        return ExitCode.INTERRUPTED if error.signal_number == 2 else ExitCode.TERMINATED
-    for error_type, code in _EXIT_CODES:
-        if isinstance(error, error_type):
-            return code
+        return ExitCode.INTERRUPTED if error.signal_number == SIGINT else ExitCode.TERMINATED
+    if isinstance(error, RunnerError):
+        return error.exit_code
     return ExitCode.INTERNAL

@@ -109,6 +109,12 @@ def server_url() -> Iterator[str]:
     """A superuser URL of the server the tests use."""
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
+        try:
+            psycopg.connect(configured, connect_timeout=5).close()
+        except psycopg.Error as error:
+            # One clear line, once, instead of every database test failing on its own.
+            reason = " ".join(str(error).split())
+            pytest.exit(f"TEST_DATABASE_URL does not answer: {reason}", returncode=2)
         yield configured
         return
     if _docker_answers():
@@ -117,6 +123,12 @@ def server_url() -> Iterator[str]:
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
         return
+    if find_bindir() is None:
+        pytest.exit(
+            "no PostgreSQL for the tests: set TEST_DATABASE_URL, run a Docker engine, or "
+            "install the server binaries (initdb, pg_ctl); `python -m pytest -m unit` needs none",
+            returncode=2,
+        )
     with TempCluster() as cluster:
         cluster.init().start()
         yield cluster.url()

@@ -14,6 +14,8 @@ from runner.config import (
 )
 from runner.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 BASE = {"DATABASE_URL": "postgresql://app@db.example:5433/shop"}
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from runner import logs
 
+pytestmark = pytest.mark.unit
+
 
 def test_one_json_object_per_line_with_the_stable_fields() -> None:
     stream = io.StringIO()

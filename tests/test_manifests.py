@@ -21,6 +21,8 @@ import yaml
 
 from runner.exit_codes import ExitCode
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 CHART = K8S / "chart"

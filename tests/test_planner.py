@@ -17,6 +17,8 @@ from runner.errors import (
 )
 from runner.planner import AppliedMigration, MigrationFile, find_problems, plan
 
+pytestmark = pytest.mark.unit
+
 
 def file(filename: str, content: str = "") -> MigrationFile:
     body = (content or filename).encode()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from runner.config import VARIABLES
 from runner.exit_codes import ExitCode
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
 
 README = (ROOT / "README.md").read_text()
 

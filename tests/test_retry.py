@@ -10,6 +10,8 @@ from runner import retry, wait
 from runner.config import ConnectionSettings
 from runner.errors import AuthenticationFailed, DatabaseMissing, DatabaseUnreachable
 
+pytestmark = pytest.mark.unit
+
 
 def test_backoff_grows_with_jitter_and_stops_at_the_deadline() -> None:
     slept: list[float] = []

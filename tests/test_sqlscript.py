@@ -17,6 +17,8 @@ from runner.sqlscript import (
     split,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def lines(script: str) -> list[int]:
     return [statement.line for statement in split(script)]
