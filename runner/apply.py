@@ -132,6 +132,8 @@ class Applier:
                 self.applied.extend(step.migration.version for step in steps)
             self._note_in_flight(steps[0], committed)
             raise
+        finally:
+            self._running = None
         self.applied.extend(step.migration.version for step in steps)
         duration = round((time.perf_counter() - started) * 1000)
         for step in steps:
