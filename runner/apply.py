@@ -312,7 +312,7 @@ class Applier:
                 commit_line=commit.line,
             )
         if step.file.content is not None and not shape.has_copy:
-            text = _without_wrapper(step.file.text(), shape)
+            text = _blanked(step.file.text(), shape.skipped)
 
             def locate(failure: db.ScriptError) -> Where:
                 return _where_in_text(text, failure, len(opening.text), opening.statements)
@@ -326,7 +326,7 @@ class Applier:
         return done
 
     def _stream(self, step: _Step, shape: FileShape) -> int:
-        ignored = {statement.offset for statement in shape.wrapper or ()}
+        ignored = {statement.offset for statement in shape.skipped}
         batch: list[Statement] = []
         size = done = 0
         try:
@@ -490,6 +490,7 @@ class Applier:
             self._set_status(version, "running", 0)
         started = time.perf_counter()
         done = 0
+        skipped = {statement.offset for statement in step.file.shape.skipped}
         try:
             with step.file.reader() as read:
                 for unit in sqlscript.read_units(read):
@@ -497,8 +498,9 @@ class Applier:
                         in_block = self.conn.info.transaction_status != _IDLE
                         done += self._copy(step, unit, in_block=in_block)
                         continue
-                    self._no_transaction_statement(step, unit)
-                    done += 1
+                    if unit.offset not in skipped:
+                        self._no_transaction_statement(step, unit)
+                        done += 1
         except psycopg.OperationalError as error:
             raise self._lost(step, error) from None
         except BaseException as stopped:
@@ -652,9 +654,10 @@ class _Own:
     statements: int
 
 
-def _without_wrapper(text: str, shape: FileShape) -> str:
-    """The file with its own BEGIN and COMMIT blanked out, lines and columns kept."""
-    for statement in shape.wrapper or ():
+def _blanked(text: str, skipped: Sequence[Statement]) -> str:
+    """The file with what is not sent (its own BEGIN and COMMIT, pg_dump's \\restrict lines)
+    blanked out, lines and columns kept."""
+    for statement in skipped:
         end = statement.offset + len(statement.text)
         text = text[: statement.offset] + re.sub(r"[^\n]", " ", statement.text) + text[end:]
     return text

@@ -28,6 +28,7 @@ from runner.errors import (
 )
 from runner.sqlscript import (
     CHUNK,
+    IGNORED_META_COMMANDS,
     RETRY_SAFE,
     TRANSACTION_CONTROL,
     CopyData,
@@ -54,6 +55,12 @@ class FileShape:
     wrapper: tuple[Statement, Statement] | None = None  # its own BEGIN and COMMIT, ignored
     has_copy: bool = False  # COPY ... FROM stdin with inline data
     retry_safe: bool = False  # every statement may run again after a failure (RETRY_SAFE)
+    guards: tuple[Statement, ...] = ()  # pg_dump's \restrict lines, not sent (see sqlscript)
+
+    @property
+    def skipped(self) -> tuple[Statement, ...]:
+        """What is in the file but not sent to the server."""
+        return (*(self.wrapper or ()), *self.guards)
 
 
 PLAIN_SHAPE = FileShape()
@@ -150,6 +157,7 @@ class MigrationFile:
 def _shape(file: MigrationFile, units: Iterator[Statement | CopyData]) -> FileShape:
     """Walk every statement once: refuse what cannot run, find the BEGIN/COMMIT wrapper."""
     control: list[Statement] = []
+    guards: list[Statement] = []
     retry_safe = file.no_transaction
     first: Statement | None = None
     last: Statement | None = None
@@ -157,6 +165,12 @@ def _shape(file: MigrationFile, units: Iterator[Statement | CopyData]) -> FileSh
     block: Statement | None = None  # an open BEGIN of a no-transaction file
     for unit in units:
         statement = unit.statement if isinstance(unit, CopyData) else unit
+        if (
+            statement.kind is Kind.META_COMMAND
+            and _meta_command(statement) in IGNORED_META_COMMANDS
+        ):
+            guards.append(statement)
+            continue
         has_copy = has_copy or isinstance(unit, CopyData)
         first = first or statement
         last = statement
@@ -196,11 +210,18 @@ def _shape(file: MigrationFile, units: Iterator[Statement | CopyData]) -> FileSh
                 file=file.filename,
                 line=wrong.line,
             )
-    if not (wrapper or has_copy or (retry_safe and first)):
+    if not (wrapper or has_copy or guards or (retry_safe and first)):
         return PLAIN_SHAPE
     return FileShape(
-        wrapper=wrapper, has_copy=has_copy, retry_safe=retry_safe and first is not None
+        wrapper=wrapper,
+        has_copy=has_copy,
+        retry_safe=retry_safe and first is not None,
+        guards=tuple(guards),
     )
+
+
+def _meta_command(statement: Statement) -> str:
+    return statement.text.split(None, 1)[0]
 
 
 _TRANSACTION_CONTROL = (
@@ -220,7 +241,7 @@ def _refusal(file: MigrationFile, statement: Statement, block: Statement | None)
     """Why `statement` cannot run in this file, or ""."""
     kind = statement.kind
     if kind is Kind.META_COMMAND:
-        command = statement.text.split(None, 1)[0]
+        command = _meta_command(statement)
         return (
             f"{command} is a psql meta-command, not SQL: the runner sends SQL to the server and "
             "has no psql to run it; write out the SQL it stands for"

@@ -37,6 +37,11 @@ class Kind(Enum):
 
 # Statements the runner may simply run again after a failure or an interruption: a named index
 # build (its invalid leftover is dropped first), a drop that tolerates absence, a rebuild.
+# psql meta-commands that only guard psql itself and mean nothing to the server: pg_dump (since
+# 15.14, 16.10, 17.6) wraps its output in `\\restrict KEY` ... `\\unrestrict KEY`. They are
+# skipped; every other meta-command is refused.
+IGNORED_META_COMMANDS = frozenset({"\\restrict", "\\unrestrict"})
+
 RETRY_SAFE = frozenset(
     {"CREATE INDEX CONCURRENTLY", "DROP INDEX CONCURRENTLY IF EXISTS", "REINDEX CONCURRENTLY"}
 )
@@ -166,6 +171,11 @@ class _Reader:
                 if self._fill():
                     continue
                 return
+            first = _first_token(rest, 0)
+            if rest.startswith("\\", first):  # before the lexer, which may choke on its words
+                self._advance(origin + first)
+                yield self._meta_command(self.base + self.position)
+                continue
             at_end = whole_buffer and self.eof
             found = _complete_statements(rest, at_end=at_end)
             if found is None:  # not one whole statement in view yet
@@ -179,6 +189,11 @@ class _Reader:
                 start = _first_token(rest, start)
                 self._advance(origin + start)
                 offset = self.base + self.position
+                if rest.startswith("\\", start):
+                    # A psql meta-command ends with its line, not at a ';': what the lexer
+                    # joined to it from the next lines is looked at again.
+                    yield self._meta_command(offset)
+                    break
                 statement = _statement(
                     rest[start:stop], offset, self.line, offset - self.line_start
                 )
@@ -192,6 +207,18 @@ class _Reader:
                 yield statement
             else:
                 self._advance(origin + _past_semicolon(rest, found[-1][1]))
+
+    def _meta_command(self, offset: int) -> Statement:
+        """The psql meta-command at `position`: the rest of its line."""
+        while (newline := self.buffer.find("\n", self.position)) < 0 and self._fill():
+            pass
+        end = newline if newline >= 0 else len(self.buffer)
+        text = self.buffer[self.position : end].rstrip()
+        statement = Statement(
+            text, offset, self.line, Kind.META_COMMAND, column=offset - self.line_start + 1
+        )
+        self._advance(end)
+        return statement
 
     def _copy_data(self, copy: Statement) -> Iterator[str]:
         """From the line after the COPY statement up to a line `\\.`, streamed a line at a time
@@ -348,9 +375,7 @@ _CANDIDATES = frozenset(
 def _statement(text: str, offset: int, line: int, before: int) -> Statement:
     """`before`: how many characters of its line come before it."""
     kind, what = Kind.PLAIN, ""
-    if text.startswith("\\"):
-        kind = Kind.META_COMMAND
-    elif (word := _FIRST_WORD.match(text)) and word.group(0).lower() in _CANDIDATES:
+    if (word := _FIRST_WORD.match(text)) and word.group(0).lower() in _CANDIDATES:
         kind, what = classify(text)
     return Statement(text, offset, line, kind, what, column=before + 1)
 

@@ -4,6 +4,8 @@ meta-commands or RAISE NOTICE; odd directories; databases in other encodings; la
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from runner.exit_codes import ExitCode
 from tests.conftest import Run, query, run_entrypoint, runner_env, write_migration
+from tests.pgcluster import find_bindir
 
 
 def run(database_url: str, migrations: Path, *args: str, **extra: str) -> Run:
@@ -468,3 +471,40 @@ def test_the_runner_s_own_url_wins(database_url: str, migrations_dir: Path) -> N
     applied = run_entrypoint("up", env=env)
     assert applied.code == 0, applied.stderr
     assert relations(database_url) == {"public.schema_migrations", "public.a"}
+
+
+@pytest.mark.fault("a real pg_dump of a database (`\\restrict`, COPY, BEGIN ATOMIC, set_config)")
+def test_a_pg_dump_of_a_database_applies_as_a_migration(
+    server_url: str, database_url: str, migrations_dir: Path
+) -> None:
+    bindir = find_bindir()
+    pg_dump = shutil.which("pg_dump") or (str(bindir / "pg_dump") if bindir else None)
+    if pg_dump is None:
+        pytest.skip("no pg_dump on this machine")
+    source = f"dump_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {source}".encode())
+    try:
+        source_url = make_conninfo("", **{**conninfo_to_dict(server_url), "dbname": source})
+        query(
+            source_url,
+            "CREATE TABLE people (id int PRIMARY KEY, name text, note text);"
+            "INSERT INTO people VALUES (1, 'O''Brien', E'tab\\there'), (2, 'Zoë', NULL);"
+            "CREATE INDEX people_name ON people (name);"
+            "CREATE FUNCTION two() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;",
+        )
+        dump = subprocess.run(
+            [pg_dump, "--no-owner", "-d", source_url], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {source} WITH (FORCE)".encode())
+    write_migration(migrations_dir, "1_dump.up.sql", dump)
+    applied = run(database_url, migrations_dir)
+    assert applied.code == 0, applied.stderr
+    assert query(database_url, "SELECT id, name, note FROM people ORDER BY id") == [
+        (1, "O'Brien", "tab\there"),
+        (2, "Zoë", None),
+    ]
+    assert query(database_url, "SELECT two()") == [(2,)]
+    assert recorded(database_url) == [(1, "applied")]

@@ -74,6 +74,7 @@ FRAGMENTS = [
     "INSERT INTO t VALUES ('é', 'ß');",
     "BEGIN;",
     "COMMIT;",
+    "\\restrict 0YTM8y2Pyberr3j2uaAWcZBE\n",
     "\n",
     "  ",
 ]
@@ -156,3 +157,13 @@ def test_an_unterminated_quote_names_its_line() -> None:
 )
 def test_what_a_statement_is(sql: str, kind: Kind) -> None:
     assert classify(sql)[0] is kind
+
+
+def test_a_meta_command_ends_with_its_line() -> None:
+    text = "\\restrict 0YTMkey9\n\nSET a = 0;\n\\i x.sql\nSELECT 1;"
+    assert read_in_pieces(text, 3) == [
+        ("psql meta-command", 0, 1, "\\restrict 0YTMkey9"),
+        ("plain", 20, 3, "SET a = 0"),
+        ("psql meta-command", 31, 4, "\\i x.sql"),
+        ("plain", 40, 5, "SELECT 1"),
+    ]
