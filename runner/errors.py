@@ -71,14 +71,14 @@ class PermissionDenied(AuthenticationFailed):
 class LockTimeout(RunnerError):
     """Another runner held the migration lock for longer than MIGRATION_LOCK_TIMEOUT."""
 
-    exit_code = ExitCode.LOCK_TIMEOUT
+    exit_code = ExitCode.TEMPORARY_FAILURE
 
 
 class DdlLockTimeout(RunnerError):
     """A migration could not get its table locks within DDL_LOCK_TIMEOUT, DDL_LOCK_RETRIES times;
     everything it did was rolled back."""
 
-    exit_code = ExitCode.LOCK_TIMEOUT
+    exit_code = ExitCode.TEMPORARY_FAILURE
 
     def __init__(self, message: str, *, version: int) -> None:
         super().__init__(message)
@@ -91,7 +91,7 @@ class DdlLockTimeout(RunnerError):
 class AwaitTimeout(RunnerError):
     """`await`: the schema did not reach the image's versions before AWAIT_TIMEOUT."""
 
-    exit_code = ExitCode.LOCK_TIMEOUT
+    exit_code = ExitCode.TEMPORARY_FAILURE
 
 
 class MigrationSetError(RunnerError):

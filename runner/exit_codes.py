@@ -17,11 +17,13 @@ class ExitCode(IntEnum):
     NEEDS_ATTENTION = 67  # tracking table of unknown shape, half-applied migration: fail
     DB_UNREACHABLE = 69  # database not reachable within DB_WAIT_TIMEOUT: retry
     INTERNAL = 70  # a bug: fail
-    LOCK_TIMEOUT = 75  # lock not acquired within MIGRATION_LOCK_TIMEOUT: retry
+    # 75, EX_TEMPFAIL: the migration lock, a migration's table locks (after DDL_LOCK_RETRIES)
+    # or, for `await`, the schema did not come in time: retry
+    TEMPORARY_FAILURE = 75
     AUTH_FAILED = 77  # authentication or permission denied: fail
     CONFIG = 78  # configuration error: fail
     INTERRUPTED = 130  # SIGINT; in-flight migration rolled back: retry
-    TERMINATED = 143  # SIGTERM; in-flight migration rolled back: retry
+    TERMINATED = 143  # SIGTERM or SIGHUP; in-flight migration rolled back: retry
 
     @property
     def retryable(self) -> bool:
@@ -30,5 +32,5 @@ class ExitCode(IntEnum):
 
 
 RETRYABLE = frozenset(
-    {ExitCode.DB_UNREACHABLE, ExitCode.LOCK_TIMEOUT, ExitCode.INTERRUPTED, ExitCode.TERMINATED}
+    {ExitCode.DB_UNREACHABLE, ExitCode.TEMPORARY_FAILURE, ExitCode.INTERRUPTED, ExitCode.TERMINATED}
 )

@@ -255,7 +255,7 @@ def test_await_waits_for_the_schema_without_locking_or_writing(
 ) -> None:
     three_with_downs(migrations_dir)
     early = run(database_url, migrations_dir, "await", AWAIT_TIMEOUT="1.5")
-    assert early.code == ExitCode.LOCK_TIMEOUT
+    assert early.code == ExitCode.TEMPORARY_FAILURE
     assert "3 migration(s) still not applied" in early.finished["error"]
     assert query(database_url, "SELECT to_regclass('schema_migrations')") == [(None,)]
 
@@ -413,7 +413,7 @@ def test_a_long_held_lock_exhausts_the_retries_with_75_and_leaves_nothing(
     result = _alter_users_while_locked(
         database_url, migrations_dir, 6, DDL_LOCK_TIMEOUT="0.3", DDL_LOCK_RETRIES="2"
     )
-    assert result.code == ExitCode.LOCK_TIMEOUT
+    assert result.code == ExitCode.TEMPORARY_FAILURE
     assert "busy-app" in result.finished["error"]
     assert result.finished["retryable"] is True
     assert tables(database_url) == {"users"}

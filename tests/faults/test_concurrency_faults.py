@@ -78,7 +78,7 @@ def test_a_runner_that_waits_longer_than_the_lock_timeout_exits_75(
             ) as second:
                 late = second.finish()
             waited = time.monotonic() - started
-            assert late.code == ExitCode.LOCK_TIMEOUT, late.stderr
+            assert late.code == ExitCode.TEMPORARY_FAILURE, late.stderr
             assert late.finished["retryable"] is True
             assert late.finished["applied"] == []
             assert late.event("lock.waiting")["holder_application"] == "migration-runner"
