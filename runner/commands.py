@@ -368,6 +368,7 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
         try:
             with wait.wait_for_database(settings.connection, deadline=0, sleep=sleep) as conn:
                 applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+                durable = _durable(conn, sleep)
         except DatabaseUnreachable as unreachable:
             state["unreachable"] = unreachable
             return wanted
@@ -387,7 +388,10 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
         ]
         _refuse(problems)
         done = {row.version for row in applied if row.status == APPLIED}
-        return [version for version in wanted if version not in done]
+        missing = [version for version in wanted if version not in done]
+        if not missing and not durable:
+            return wanted[-1:]  # committed, but not yet on disk: look again
+        return missing
 
     def log_waiting(retry_state: tenacity.RetryCallState) -> None:
         outstanding = retry_state.outcome.result() if retry_state.outcome else []
@@ -629,6 +633,24 @@ def _problems(
     )
 
 
+def _durable(conn: db.Connection, sleep: Sleep, patience: float = 5.0) -> bool:
+    """Whether every commit this session can see is on disk, waiting up to `patience` seconds
+    for the WAL writer (a runner commits asynchronously and flushes at its end). Read-only,
+    so that `await` can ask it; a standby has nothing of its own to flush."""
+    row = db.execute(conn, sql.WAL_INSERT_POSITION).fetchone()
+    position = row[0] if row else None
+    if position is None:
+        return True
+    deadline = time.monotonic() + patience
+    while True:
+        flushed = db.execute(conn, sql.WAL_FLUSHED_UP_TO, {"position": position}).fetchone()
+        if flushed and flushed[0]:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        sleep(0.05)
+
+
 def _note_future(
     files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], settings: Settings
 ) -> None:
@@ -684,7 +706,7 @@ def _applier(
     try:
         yield applier
         applier.finish()
-    except Exception:
+    except BaseException:  # a signal too: what it reports as applied must be on disk
         applier.finish_quietly()  # what committed before the failure stays, durably
         raise
     finally:

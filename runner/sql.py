@@ -248,6 +248,12 @@ RESET_SYNCHRONOUS_COMMIT = sql.SQL("RESET synchronous_commit")
 # up to there, and so every earlier asynchronous commit.
 ASSIGN_TRANSACTION_ID = sql.SQL("SELECT txid_current()")
 
+# Where the WAL ends now (NULL on a standby), and whether it is flushed up to such a position.
+WAL_INSERT_POSITION = sql.SQL(
+    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END"
+)
+WAL_FLUSHED_UP_TO = sql.SQL("SELECT pg_current_wal_flush_lsn() >= %(position)s::pg_lsn")
+
 # Whether every commit so far is flushed to disk (always true on a standby, which has none).
 WAL_FLUSHED = sql.SQL(
     "SELECT CASE WHEN pg_is_in_recovery() THEN true "
