@@ -712,12 +712,15 @@ class _BlockerProbe:
     """Notes who blocks the runner's session when a migration waits on a lock for long.
 
     A session blocked on a lock cannot ask pg_blocking_pids() itself, so a helper thread with
-    its own connection looks shortly before lock_timeout fires."""
+    its own connection looks shortly before lock_timeout fires. It connects as soon as it is
+    first armed, not when it must look; each arming has a number, and a look that finishes
+    after its arming was disarmed is dropped instead of being taken for the next one's."""
 
     def __init__(self, settings: ConnectionSettings | None) -> None:
         self._settings = settings
         self._condition = threading.Condition()
-        self._armed: tuple[int, float] | None = None  # (pid, when to look)
+        self._armed: tuple[int, int, float] | None = None  # (arming, pid, when to look)
+        self._arming = 0
         self._seen: list[dict[str, Any]] = []
         self._thread: threading.Thread | None = None
         self._conn: db.Connection | None = None
@@ -725,15 +728,19 @@ class _BlockerProbe:
 
     def arm(self, pid: int, lock_timeout: float) -> None:
         with self._condition:
-            self._armed = (pid, time.monotonic() + lock_timeout * 0.8)
+            self._arming += 1
+            self._armed = (self._arming, pid, time.monotonic() + lock_timeout * 0.8)
             self._seen = []
             if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, daemon=True)
+                self._thread = threading.Thread(
+                    target=self._watch, args=(lock_timeout,), daemon=True
+                )
                 self._thread.start()
             self._condition.notify()
 
     def disarm(self) -> list[dict[str, Any]]:
         with self._condition:
+            self._arming += 1
             self._armed = None
             return list(self._seen)
 
@@ -746,33 +753,43 @@ class _BlockerProbe:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def _watch(self) -> None:
+    def _watch(self, lock_timeout: float) -> None:
+        self._connect(lock_timeout)
         while True:
             with self._condition:
                 while not self._closed and (
-                    self._armed is None or time.monotonic() < self._armed[1]
+                    self._armed is None or time.monotonic() < self._armed[2]
                 ):
-                    wait = None if self._armed is None else self._armed[1] - time.monotonic()
+                    wait = None if self._armed is None else self._armed[2] - time.monotonic()
                     self._condition.wait(wait)
                 if self._closed:
                     break
                 assert self._armed is not None
-                pid = self._armed[0]
+                arming, pid, _ = self._armed
                 self._armed = None
             seen = self._look(pid)
             with self._condition:
-                self._seen = seen
+                if arming == self._arming:
+                    self._seen = seen
         if self._conn is not None:
             self._conn.close()
 
-    def _look(self, pid: int) -> list[dict[str, Any]]:
+    def _connect(self, lock_timeout: float) -> None:
+        if self._settings is None:
+            return
         try:
-            if self._conn is None and self._settings is not None:
-                self._conn = db.connect(self._settings)
-            if self._conn is None:
-                return []
+            # libpq waits at least 2 s; the look comes at 80% of lock_timeout.
+            self._conn = db.connect(self._settings, connect_timeout=max(2, round(lock_timeout)))
+        except psycopg.Error as error:
+            self._failed(error)
+
+    def _look(self, pid: int) -> list[dict[str, Any]]:
+        if self._conn is None:
+            return []
+        try:
             rows = db.execute(self._conn, sql.BLOCKERS, {"pid": pid}).fetchall()
-        except psycopg.Error:
+        except psycopg.Error as error:
+            self._failed(error)
             return []
         return [
             {
@@ -784,3 +801,13 @@ class _BlockerProbe:
             }
             for pid, app, state, age, query in rows
         ]
+
+    @staticmethod
+    def _failed(error: psycopg.Error) -> None:
+        logs.event(
+            logging.WARNING,
+            "lock.probe_failed",
+            "could not look up who blocks the migration; lock timeouts will name no blocker: "
+            + " ".join(str(error).split()),
+            error=" ".join(str(error).split()),
+        )
