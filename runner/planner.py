@@ -200,11 +200,15 @@ def _shape(file: MigrationFile, units: Iterator[Statement | CopyData]) -> FileSh
         ):
             wrapper = (control[0], control[1])
         else:
-            wrong = next(
-                (s for s in control[1:-1] or control if s.kind is not Kind.BEGIN_WITH_MODES),
-                control[0],
-            )
-            wrong = next((s for s in control if s.kind is Kind.BEGIN_WITH_MODES), wrong)
+            # Name the first one that breaks the wrapper's form: not a BEGIN opening the file,
+            # not a COMMIT closing it.
+            breaking = [
+                s
+                for s in control
+                if not (s is first and s.kind is Kind.BEGIN)
+                and not (s is last and s.kind is Kind.COMMIT)
+            ]
+            wrong = breaking[0] if breaking else control[0]
             raise UnsupportedStatement(
                 f"{file.filename}: line {wrong.line}: {_words(wrong)}: {_TRANSACTION_CONTROL}",
                 file=file.filename,

@@ -182,9 +182,14 @@ def test_a_begin_commit_wrapper_is_ignored_with_a_warning(
 @pytest.mark.parametrize(
     ("sql", "line", "words"),
     [
-        ("BEGIN; CREATE TABLE a (); COMMIT;\nCREATE TABLE b ();\nSELECT 1/0;", 1, "COMMIT"),
-        ("CREATE TABLE a ();\nROLLBACK;\nCREATE TABLE b ();", 2, "ROLLBACK"),
-        ("CREATE TABLE a ();\nCOMMIT;", 2, "COMMIT"),
+        ("BEGIN; CREATE TABLE a (); COMMIT;\nCREATE TABLE b ();\nSELECT 1/0;", 1, ": COMMIT:"),
+        ("CREATE TABLE a ();\nROLLBACK;\nCREATE TABLE b ();", 2, ": ROLLBACK:"),
+        ("CREATE TABLE a ();\nCOMMIT;", 2, ": COMMIT:"),
+        (
+            "BEGIN;\nCREATE TABLE a ();\nCOMMIT;\nBEGIN;\nCREATE TABLE b ();\nCOMMIT;",
+            3,
+            ": COMMIT:",
+        ),
         ("BEGIN ISOLATION LEVEL SERIALIZABLE;\nCREATE TABLE a ();\nCOMMIT;", 1, "BEGIN"),
         ("CREATE TABLE a ();\nPREPARE TRANSACTION 'x';", 2, "PREPARE TRANSACTION"),
         ("CREATE TABLE a ();\nABORT;", 2, "ABORT"),
