@@ -16,7 +16,7 @@ from typing import IO, Any, NoReturn
 
 import psycopg
 
-from runner import __version__, commands, logs
+from runner import __version__, authoring, commands, logs
 from runner.config import VARIABLES, Settings, from_env, load_secret_files
 from runner.errors import (
     DatabaseUnreachable,
@@ -283,7 +283,7 @@ def _run(
     elif command == "await":
         commands.await_schema(settings, report)
     elif command == "new":
-        commands.new(settings, arguments.name, out)
+        authoring.new(settings, arguments.name, out)
     elif command == "status":
         commands.status(settings, report, out, as_json=arguments.json)
     elif command == "plan":

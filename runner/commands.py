@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import tenacity
 
-from runner import db, lock, logs, migrations, retry, sql, tracking, wait
+from runner import db, lock, logs, migrations, present, retry, sql, tracking, wait
 from runner.apply import Applier
 from runner.config import ConnectionSettings, Settings, TableName
 from runner.errors import (
     AwaitTimeout,
-    ConfigError,
     DatabaseUnreachable,
     ForeignTrackingTable,
     HalfApplied,
@@ -30,7 +27,6 @@ from runner.errors import (
     RunnerError,
     UnknownVersion,
     UnsupportedStatement,
-    UsageError,
 )
 from runner.planner import (
     APPLIED,
@@ -48,7 +44,6 @@ from runner.planner import (
 )
 
 Sleep = Callable[[float], Any]
-SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
 
 @dataclass
@@ -442,66 +437,17 @@ def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool
     with _connect(settings, time.sleep) as conn:
         applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
     _note_future(files, applied, settings)
-    rows = status_rows(files, applied)
+    rows = present.status_rows(files, applied)
     problems = _problems(files, applied, settings)
     report.pending = sum(1 for row in rows if row["state"] == "pending")
     if as_json:
         document = {"migrations": rows, "problems": [str(problem) for problem in problems]}
         out.write(json.dumps(document, default=str) + "\n")
     else:
-        out.write(_status_table(rows))
+        out.write(present.status_table(rows))
         for problem in problems:
             out.write(f"problem: {problem}\n")
     _refuse(problems)
-
-
-def _status_table(rows: Sequence[dict[str, Any]]) -> str:
-    width = max([len("VERSION"), *(len(str(row["version"])) for row in rows)])
-    lines = [f"{'VERSION':>{width}}  {'STATE':<8}  {'NAME':<32}  {'APPLIED AT':<25}  CHECKSUM"]
-    for row in rows:
-        checksum = str(row["checksum"] or row["recorded_checksum"] or "")[:12]
-        lines.append(
-            f"{row['version']:>{width}}  {row['state']:<8}  {row['name']:<32}  "
-            f"{row['applied_at'] or '':<25}  {checksum}"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def status_rows(
-    files: Sequence[MigrationFile], applied: Sequence[AppliedMigration]
-) -> list[dict[str, Any]]:
-    """One row per version: applied, pending, edited, missing (from disk), running or failed."""
-    on_disk = {m.version: m for m in parse_files(files, strict=False)}
-    in_db = {row.version: row for row in applied}
-    rows = []
-    for version in sorted(on_disk.keys() | in_db.keys()):
-        migration, row = on_disk.get(version), in_db.get(version)
-        if row is None:
-            state = "pending"
-        elif row.status != APPLIED:
-            state = row.status
-        elif migration is None:
-            state = "missing"
-        elif migration.up.checksum != row.checksum:
-            state = "edited"
-        else:
-            state = "applied"
-        rows.append(
-            {
-                "version": version,
-                "name": migration.name if migration else row.name if row else "",
-                "state": state,
-                "file": migration.up.filename if migration else None,
-                "checksum": migration.up.checksum if migration else None,
-                "recorded_checksum": row.checksum if row else None,
-                "applied_at": (
-                    row.applied_at.isoformat(timespec="seconds") if row and row.applied_at else None
-                ),
-                "execution_ms": row.execution_ms if row else None,
-                "applied_by": row.applied_by if row else None,
-            }
-        )
-    return rows
 
 
 def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool) -> None:
@@ -558,46 +504,6 @@ def wait_only(settings: Settings, *, sleep: Sleep = time.sleep) -> None:
     """Wait until the database accepts a connection, then close it."""
     assert settings.connection is not None
     wait.wait_for_database(settings.connection, deadline=settings.wait_timeout, sleep=sleep).close()
-
-
-# -- authoring --------------------------------------------------------------------------------
-
-UP_TEMPLATE = "-- {filename}: {name}\n-- Runs in one transaction with its tracking row.\n\n"
-DOWN_TEMPLATE = "-- {filename}: undo {name}, exactly what the up file does, in reverse.\n\n"
-
-
-def new(settings: Settings, name: str, out: IO[str]) -> None:
-    """Create the next {version}_{name}.up.sql and .down.sql pair, version one above the
-    highest on disk, six digits."""
-    if not SNAKE_CASE.fullmatch(name):
-        raise UsageError(
-            f"migration name {name!r}: expected snake_case (lowercase letters, digits and "
-            "single underscores, starting with a letter), e.g. add_orders_table"
-        )
-    directory = settings.migrations_dir
-    existing = parse_files(migrations.load(directory))
-    version = max((m.version for m in existing), default=0) + 1
-    created: list[Path] = []
-    for direction, template in (("up", UP_TEMPLATE), ("down", DOWN_TEMPLATE)):
-        path = directory / f"{version:06d}_{name}.{direction}.sql"
-        try:
-            with path.open("x", encoding="utf-8") as handle:
-                handle.write(template.format(filename=path.name, name=name.replace("_", " ")))
-        except OSError as error:
-            for made in created:
-                made.unlink(missing_ok=True)
-            raise ConfigError(
-                "MIGRATIONS_DIR", f"cannot create {path}: {error.strerror or error}"
-            ) from None
-        created.append(path)
-        out.write(f"{path}\n")
-    logs.event(
-        logging.INFO,
-        "migration.created",
-        f"created {created[0].name} and its down file",
-        version=version,
-        files=[str(path) for path in created],
-    )
 
 
 # -- shared -----------------------------------------------------------------------------------
