@@ -170,6 +170,19 @@ def assert_rerun_finishes(
     return run
 
 
+def assert_survived(
+    db: Database, migrations: Path, versions: list[int], outcomes: list[set[int]]
+) -> set[int]:
+    """The fault suite's post-conditions after a fault: no runner session left; every
+    migration applied and recorded, or neither; what was applied one of the `outcomes` the
+    fault allows; and a plain re-run that finishes the job."""
+    assert_no_runner_left(db)
+    applied = assert_consistent(db, versions)
+    assert applied in outcomes, applied
+    assert_rerun_finishes(db, migrations, versions, applied)
+    return applied
+
+
 def poll_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while True:

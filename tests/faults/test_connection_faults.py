@@ -20,6 +20,7 @@ from tests.faults.harness import (
     assert_consistent,
     assert_no_runner_left,
     assert_rerun_finishes,
+    assert_survived,
     migration_set,
     poll_until,
     recorded,
@@ -150,9 +151,7 @@ def test_terminate_backend_before_commit(
             _terminate(db)
             run = runner.finish()
         lost_connection(run.code, run.stderr)
-        assert_no_runner_left(db)
-        assert assert_consistent(db, versions) == set()
-        assert_rerun_finishes(db, migrations_dir, versions, set())
+        assert_survived(db, migrations_dir, versions, [set()])
 
 
 def test_terminate_backend_during_commit(
@@ -166,9 +165,7 @@ def test_terminate_backend_during_commit(
             _terminate(db)
             run = runner.finish()
         lost_connection(run.code, run.stderr)
-        assert_no_runner_left(db)
-        assert assert_consistent(db, versions) == set()
-        assert_rerun_finishes(db, migrations_dir, versions, set())
+        assert_survived(db, migrations_dir, versions, [set()])
 
 
 def test_terminate_backend_after_commit(
@@ -182,9 +179,7 @@ def test_terminate_backend_after_commit(
             _terminate(db)
             run = runner.finish()
         lost_connection(run.code, run.stderr)
-        assert_no_runner_left(db)
-        assert assert_consistent(db, versions) == {1}
-        assert_rerun_finishes(db, migrations_dir, versions, {1})
+        assert_survived(db, migrations_dir, versions, [{1}])
 
 
 def test_terminate_backend_while_waiting_for_the_lock(
@@ -204,9 +199,7 @@ def test_terminate_backend_while_waiting_for_the_lock(
                 _terminate(db)
                 run = runner.finish()
         lost_connection(run.code, run.stderr)
-        assert_no_runner_left(db)
-        assert assert_consistent(db, versions) == set()
-        assert_rerun_finishes(db, migrations_dir, versions, set())
+        assert_survived(db, migrations_dir, versions, [set()])
 
 
 @pytest.mark.parametrize(
