@@ -15,7 +15,7 @@ import tenacity
 
 from runner import db, lock, logs, migrations, present, retry, sql, tracking, wait
 from runner.apply import Applier
-from runner.config import ConnectionSettings, Settings, TableName
+from runner.config import Settings, TableName
 from runner.errors import (
     AwaitTimeout,
     DatabaseUnreachable,
@@ -75,7 +75,7 @@ def up(
         # while another applied everything: it stops waiting instead of queueing for the lock.
         if _up_to_date(conn, files, table, settings):
             return
-        lock.require_stable_session(conn, _connection(settings))
+        lock.require_stable_session(conn, settings.database)
         key = lock.acquire(
             conn,
             table,
@@ -359,9 +359,8 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
     state: dict[str, Any] = {"unreachable": None, "noted": False}
 
     def missing_versions() -> list[int]:
-        assert settings.connection is not None
         try:
-            with wait.wait_for_database(settings.connection, deadline=0, sleep=sleep) as conn:
+            with wait.wait_for_database(settings.database, deadline=0, sleep=sleep) as conn:
                 applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
                 durable = _durable(conn, sleep)
         except DatabaseUnreachable as unreachable:
@@ -502,8 +501,7 @@ def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
 
 def wait_only(settings: Settings, *, sleep: Sleep = time.sleep) -> None:
     """Wait until the database accepts a connection, then close it."""
-    assert settings.connection is not None
-    wait.wait_for_database(settings.connection, deadline=settings.wait_timeout, sleep=sleep).close()
+    wait.wait_for_database(settings.database, deadline=settings.wait_timeout, sleep=sleep).close()
 
 
 # -- shared -----------------------------------------------------------------------------------
@@ -579,14 +577,9 @@ def _refuse(problems: Sequence[RunnerError]) -> None:
         raise problems[0]
 
 
-def _connection(settings: Settings) -> ConnectionSettings:
-    assert settings.connection is not None
-    return settings.connection
-
-
 def _connect(settings: Settings, sleep: Sleep, *, writable: bool = False) -> db.Connection:
     return wait.wait_for_database(
-        _connection(settings), deadline=settings.wait_timeout, sleep=sleep, writable=writable
+        settings.database, deadline=settings.wait_timeout, sleep=sleep, writable=writable
     )
 
 
@@ -596,7 +589,7 @@ def _locked(settings: Settings, sleep: Sleep) -> Iterator[tuple[db.Connection, T
     lock goes with the connection."""
     with _connect(settings, sleep, writable=True) as conn:
         table = tracking.resolve(conn, settings.migrations_table)
-        lock.require_stable_session(conn, _connection(settings))
+        lock.require_stable_session(conn, settings.database)
         key = lock.acquire(conn, table, timeout=settings.lock_timeout, sleep=sleep)
         assert key is not None  # acquire() gives up early only when asked to
         yield conn, table

@@ -25,6 +25,7 @@ LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Variables whose value is a secret and which may be given as a file instead (`NAME_FILE`).
 SECRET_VARIABLES = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "DB_PASSWORD", "DB_USER")
+NO_DATABASE = "set DATABASE_URL (or DATABASE_URL_FILE) or DB_HOST"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -180,6 +181,14 @@ class Settings:
     await_timeout: float = 300.0
 
     @property
+    def database(self) -> ConnectionSettings:
+        """The connection settings of a command that needs the database: a ConfigError when
+        none were given (from_env refuses that already unless asked not to)."""
+        if self.connection is None:
+            raise ConfigError("DATABASE_URL", NO_DATABASE)
+        return self.connection
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in output."""
         password = self.connection.password if self.connection else None
@@ -280,7 +289,7 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
     if not params.get("host") and not url:
         if not required:
             return None
-        raise ConfigError("DATABASE_URL", "set DATABASE_URL (or DATABASE_URL_FILE) or DB_HOST")
+        raise ConfigError("DATABASE_URL", NO_DATABASE)
     if "port" in params:
         _port("DB_PORT" if environ.get("DB_PORT") else source, params["port"])
     if "sslmode" in params and params["sslmode"] not in SSL_MODES:

@@ -18,7 +18,7 @@ from psycopg.sql import SQL, Composable, Composed
 
 from runner import logs
 from runner.config import ConnectionSettings, Settings
-from runner.errors import ConfigError, PermissionDenied
+from runner.errors import PermissionDenied
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -57,11 +57,7 @@ def create_pool(
 
 
 def _connection(settings: ConnectionSettings | Settings) -> ConnectionSettings:
-    if isinstance(settings, ConnectionSettings):
-        return settings
-    if settings.connection is None:
-        raise ConfigError("DATABASE_URL", "set DATABASE_URL (or DATABASE_URL_FILE) or DB_HOST")
-    return settings.connection
+    return settings if isinstance(settings, ConnectionSettings) else settings.database
 
 
 def execute(
