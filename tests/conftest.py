@@ -311,6 +311,25 @@ class RunnerProcess:
         self.close()
 
 
+def race_of_16(migrations: Path, env: Mapping[str, str]) -> list[Run]:
+    """Five migrations that fail if run twice (CREATE TABLE without IF NOT EXISTS), then 16
+    runners started together; every one must exit 0 and each migration run exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for version in range(1, 6):
+        write_migration(
+            migrations,
+            f"{version}_t{version}.up.sql",
+            f"CREATE TABLE t{version} (id int); SELECT pg_sleep(0.05);",
+        )
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        runs = list(pool.map(lambda _: run_entrypoint("up", env=env), range(16)))
+    assert [run.code for run in runs] == [0] * 16, [r.stderr for r in runs if r.code]
+    applied = sorted(version for run in runs for version in run.finished["applied"])
+    assert applied == [1, 2, 3, 4, 5]
+    return runs
+
+
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(sql.encode(), params or None)

@@ -5,14 +5,13 @@ connection; MIGRATION_DATABASE_URL gives the runner a direct URL of its own."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from runner.exit_codes import ExitCode
-from tests.conftest import query, run_entrypoint, runner_env, write_migration
+from tests.conftest import query, race_of_16, run_entrypoint, runner_env, write_migration
 from tests.pgbouncer import PgBouncer, find_pgbouncer
 
 pytestmark = pytest.mark.skipif(
@@ -86,18 +85,9 @@ def test_the_runner_s_own_direct_url_goes_past_the_pooler(
 def test_session_pooling_passes_the_16_runner_race(
     session_pooler: PgBouncer, database_url: str, migrations_dir: Path
 ) -> None:
-    for version in range(1, 6):
-        write_migration(
-            migrations_dir,
-            f"{version}_t{version}.up.sql",
-            f"CREATE TABLE t{version} (id int); SELECT pg_sleep(0.05);",
-        )
-    env = runner_env(through(session_pooler, database_url), migrations_dir)
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        runs = list(pool.map(lambda _: run_entrypoint("up", env=env), range(16)))
-    assert [run.code for run in runs] == [0] * 16, [r.stderr for r in runs if r.code]
-    applied = sorted(v for run in runs for v in run.finished["applied"])
-    assert applied == [1, 2, 3, 4, 5]
+    runs = race_of_16(
+        migrations_dir, runner_env(through(session_pooler, database_url), migrations_dir)
+    )
     rows = query(database_url, "SELECT version FROM schema_migrations ORDER BY 1")
     assert [row[0] for row in rows] == [1, 2, 3, 4, 5]
     assert any(e["event"] == "db.pooler_session" for run in runs for e in run.events)

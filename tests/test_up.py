@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -20,6 +19,7 @@ from tests.conftest import (
     Run,
     RunnerProcess,
     query,
+    race_of_16,
     run_entrypoint,
     runner_env,
     write_migration,
@@ -264,19 +264,8 @@ def test_a_schema_qualified_tracking_table(database_url: str) -> None:
 def test_concurrent_runners_apply_each_migration_exactly_once(
     database_url: str, migrations_dir: Path
 ) -> None:
-    for version in range(1, 6):
-        # Each migration fails if it runs twice: CREATE TABLE without IF NOT EXISTS.
-        write_migration(
-            migrations_dir,
-            f"{version}_t{version}.up.sql",
-            f"CREATE TABLE t{version} (id int); SELECT pg_sleep(0.05);",
-        )
     env = runner_env(database_url, migrations_dir, MIGRATION_LOCK_TIMEOUT="60")
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        runs = list(pool.map(lambda _: run_entrypoint("up", env=env), range(16)))
-    assert [run.code for run in runs] == [0] * 16, [r.stderr for r in runs if r.code]
-    applied = sorted(v for run in runs for v in run.finished["applied"])
-    assert applied == [1, 2, 3, 4, 5]
+    runs = race_of_16(migrations_dir, env)
     assert applied_versions(database_url) == [1, 2, 3, 4, 5]
     assert sum(1 for run in runs for e in run.events if e["event"] == "lock.waiting") > 0
     # Runners that waited while another applied everything stop waiting, without the lock.
