@@ -8,6 +8,7 @@ on; `finish()` makes every commit durable before the run reports success.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import threading
@@ -361,7 +362,7 @@ class Applier:
             position = failure.error.diag.statement_position
             if position and position.isdigit():
                 at = int(position) - 1
-                index = max(i for i, start in enumerate(starts) if start <= at)
+                index = bisect.bisect_right(starts, at) - 1
                 return _where_in_statement(statements[index], at - starts[index])
             if 0 <= failure.statement_index < len(statements):
                 return statements[failure.statement_index].line, None
@@ -461,9 +462,11 @@ class Applier:
         version = step.migration.version
         self._reset_session()
         db.execute(self.conn, sql.set_statement_timeout(self.statement_timeout_ms))
-        earlier = db.execute(self.conn, sql.select_status(self.table), {"version": version})
-        left = earlier.fetchone()
-        if step.direction == "up" and left is not None:
+        left = None
+        if step.direction == "up":
+            found = db.execute(self.conn, sql.select_status(self.table), {"version": version})
+            left = found.fetchone()
+        if left is not None:
             # The planner lets a failed row through only when every statement is safe to rerun.
             logs.event(
                 logging.WARNING,

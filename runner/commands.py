@@ -73,7 +73,7 @@ def up(
         table = tracking.resolve(conn, settings.migrations_table)
         # Most runs find nothing to do: say so without the lock. So does a runner that waited
         # while another applied everything: it stops waiting instead of queueing for the lock.
-        if _up_to_date(conn, files, table, settings):
+        if _up_to_date(conn, files, table, settings, note=True):
             return
         lock.require_stable_session(conn, settings.database)
         key = lock.acquire(
@@ -98,12 +98,18 @@ def up(
 
 
 def _up_to_date(
-    conn: db.Connection, files: Sequence[MigrationFile], table: TableName, settings: Settings
+    conn: db.Connection,
+    files: Sequence[MigrationFile],
+    table: TableName,
+    settings: Settings,
+    *,
+    note: bool = False,
 ) -> bool:
     """True when every file is applied, unchanged, and durably so: read without the lock,
     which only committed rows can satisfy. Anything else is left to the locked path."""
     applied = tracking.read(conn, table)
-    _note_future(files, applied, settings)
+    if note:  # once, not at every look while waiting for the lock
+        _note_future(files, applied, settings)
     try:
         pending = _plan(files, applied, settings).pending
     except UnsupportedStatement:
@@ -361,7 +367,7 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
     def missing_versions() -> list[int]:
         try:
             with wait.wait_for_database(settings.database, deadline=0, sleep=sleep) as conn:
-                applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+                applied = _applied(conn, settings)
                 durable = _durable(conn, sleep)
         except DatabaseUnreachable as unreachable:
             state["unreachable"] = unreachable
@@ -431,10 +437,9 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
 def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool) -> None:
     """Every migration on disk or in the database, with its state and checksums; then the
     problems of the set, if any, which end the run with the first one's exit code."""
-    files = migrations.load(settings.migrations_dir)
-    migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
+    files = _files(settings)
     with _connect(settings, time.sleep) as conn:
-        applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+        applied = _applied(conn, settings)
     _note_future(files, applied, settings)
     rows = present.status_rows(files, applied)
     problems = _problems(files, applied, settings)
@@ -453,7 +458,7 @@ def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: b
     """What `up` would run now, without running it or taking the lock."""
     files = _load(settings)
     with _connect(settings, time.sleep) as conn:
-        applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+        applied = _applied(conn, settings)
     pending = _plan(files, applied, settings).pending
     report.pending = len(pending)
     entries = [
@@ -477,12 +482,11 @@ def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: b
 
 def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
     """Report every problem (exit 66) without changing anything; offline: the files only."""
-    files = migrations.load(settings.migrations_dir)
-    migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
+    files = _files(settings)
     applied: list[AppliedMigration] = []
     if not offline:
         with _connect(settings, time.sleep) as conn:
-            applied = tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+            applied = _applied(conn, settings)
     problems: list[RunnerError] = [
         *_problems(files, applied, settings),
         *content_problems(files),
@@ -507,10 +511,21 @@ def wait_only(settings: Settings, *, sleep: Sleep = time.sleep) -> None:
 # -- shared -----------------------------------------------------------------------------------
 
 
-def _load(settings: Settings) -> list[MigrationFile]:
-    """The files, refused before connecting if their names or pairs are wrong."""
+def _files(settings: Settings) -> list[MigrationFile]:
+    """The files of MIGRATIONS_DIR; none at all is refused unless ALLOW_EMPTY."""
     files = migrations.load(settings.migrations_dir)
     migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
+    return files
+
+
+def _applied(conn: db.Connection, settings: Settings) -> list[AppliedMigration]:
+    """The tracking table's rows, read by a command that does not lock."""
+    return tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+
+
+def _load(settings: Settings) -> list[MigrationFile]:
+    """The files, refused before connecting if their names or pairs are wrong."""
+    files = _files(settings)
     _refuse([p for p in find_problems(files, []) if isinstance(p, MigrationSetError)])
     return files
 
