@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, LiteralString
 
 import psycopg
 from psycopg import errors, generators, pq
+from psycopg.abc import PQGen
+from psycopg.pq.abc import PGresult
 from psycopg.rows import TupleRow
 from psycopg.sql import SQL, Composable, Composed
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 Connection = psycopg.Connection[TupleRow]
+CANCEL_TIMEOUT = 5.0  # seconds for a cancelled statement to end, as psycopg waits itself
 Query = LiteralString | bytes | SQL | Composed
 
 
@@ -125,13 +128,32 @@ class ScriptError(Exception):
     error: psycopg.Error
 
 
+def _cancel_in_flight(conn: Connection, fetch: PQGen[list[PGresult]]) -> None:
+    """A signal that arrived after the query left but before psycopg waited on it (a loaded
+    machine deschedules the runner right there) finds the query running and unread, where
+    psycopg's own cancel-on-interrupt does not reach: cancel it and read its end, so that the
+    connection can say what committed. A server that does not answer loses the connection."""
+    if conn.pgconn.transaction_status != pq.TransactionStatus.ACTIVE:
+        return  # psycopg's wait cancelled and drained it, or it never left
+    try:
+        conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+        conn.wait(fetch, timeout=CANCEL_TIMEOUT)
+    except psycopg.Error:
+        conn.pgconn.finish()
+
+
 def run_script(conn: Connection, script: str) -> int:
     """Send `script` as written, in one simple-protocol query, and return how many statements
     the server ran. On failure raise ScriptError naming the failing statement's index."""
     encoding = conn.info.encoding
     with conn.lock:
-        conn.pgconn.send_query(script.encode(encoding))
-        results = conn.wait(generators.execute(conn.pgconn))
+        fetch = generators.execute(conn.pgconn)
+        try:
+            conn.pgconn.send_query(script.encode(encoding))
+            results = conn.wait(fetch)
+        except KeyboardInterrupt:
+            _cancel_in_flight(conn, fetch)
+            raise
     done = 0
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:

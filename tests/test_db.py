@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 import psycopg
 import pytest
@@ -77,3 +78,32 @@ def test_the_readme_usage_works_as_written(database_url: str) -> None:
         )
     with db.connect(settings) as conn:
         assert db.execute(conn, "SELECT email FROM users").fetchall() == [("b@example.com",)]
+
+
+def test_a_signal_between_sending_a_script_and_waiting_for_it_cancels_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a loaded machine the runner may be descheduled right after the query left and meet
+    the signal before psycopg waits on it, where psycopg's own cancel does not reach. The
+    statement must still be cancelled and the connection left usable, so that the runner can
+    read what committed."""
+    settings = from_env({"DATABASE_URL": database_url})
+    with db.connect(settings.database) as conn:
+        waits = 0
+        real_wait = conn.wait
+
+        def signal_before_the_first_wait(*args: object, **kwargs: object) -> object:
+            nonlocal waits
+            waits += 1
+            if waits == 1:
+                raise KeyboardInterrupt
+            return real_wait(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(conn, "wait", signal_before_the_first_wait)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            db.run_script(conn, "CREATE TABLE t (id int); SELECT pg_sleep(30)")
+        assert time.monotonic() - started < 10
+        monkeypatch.undo()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("SELECT to_regclass('t') IS NULL").fetchone() == (True,)
