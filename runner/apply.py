@@ -8,10 +8,8 @@ on; `finish()` makes every commit durable before the run reports success.
 
 from __future__ import annotations
 
-import bisect
+import enum
 import logging
-import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +17,11 @@ from typing import Any
 
 import psycopg
 import tenacity
-from psycopg.sql import Composed
+from psycopg import sql
 
-from runner import db, logs, retry, sql, sqlscript
-from runner.config import ConnectionSettings, Settings, TableName
+from runner import db, durability, indexes, locate, logs, retry, sqlscript
+from runner.blockers import BlockerProbe
+from runner.config import Settings
 from runner.errors import (
     DatabaseUnreachable,
     DdlLockTimeout,
@@ -30,13 +29,32 @@ from runner.errors import (
     NeedsNoTransaction,
     UnsupportedStatement,
 )
+from runner.locate import Where
 from runner.planner import FileShape, Migration, MigrationFile
 from runner.sqlscript import CopyData, Statement
+from runner.tracking import TrackingTable
 
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 BATCH = 1 << 20  # characters of statements sent in one query when a file is streamed
-_COPY_LINE = re.compile(r"\bline (\d+)")
+
+# Back to the session the runner connected with, before each migration and before each write of
+# its row, whatever the last file did to it: role, settings, temporary tables, prepared
+# statements, cursors, listeners, cached plans and sequence values. Not DISCARD ALL, which would
+# also release the migration lock. Every statement here may run inside a transaction block.
+SESSION_RESET = (
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; "
+    f"DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; {durability.ASYNCHRONOUS}"
+)
+SESSION_RESET_STATEMENTS = SESSION_RESET.count(";") + 1
+_COMMIT = sql.SQL("COMMIT")
+_ROLLBACK = sql.SQL("ROLLBACK")
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+class Direction(enum.Enum):
+    UP = "up"
+    DOWN = "down"
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,11 @@ class _Step:
 
     migration: Migration
     file: MigrationFile
-    direction: str  # "up" or "down"
+    direction: Direction
+
+    @property
+    def up(self) -> bool:
+        return self.direction is Direction.UP
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -53,7 +75,7 @@ class _Step:
             "version": self.migration.version,
             "name": self.migration.name,
             "file": self.file.filename,
-            "direction": self.direction,
+            "direction": self.direction.value,
         }
 
 
@@ -70,14 +92,13 @@ class Applier:
 
     def __init__(
         self,
-        conn: db.Connection,
+        table: TrackingTable,
         settings: Settings,
         *,
-        table: TableName,
         applied_by: str,
         sleep: Callable[[float], Any] = time.sleep,
     ) -> None:
-        self.conn = conn
+        self.conn = table.conn
         self.table = table
         self.applied_by = applied_by
         self.sleep = sleep
@@ -85,23 +106,23 @@ class Applier:
         self.statement_timeout_ms = round(settings.statement_timeout * 1000)
         self.lock_retries = settings.ddl_lock_retries
         self.statement_timeout = settings.statement_timeout
-        self._probe = _BlockerProbe(settings.connection) if self.lock_timeout_ms else None
+        self._probe = BlockerProbe(settings.connection) if self.lock_timeout_ms else None
         self._wrote = False
         self.applied: list[int] = []  # versions committed by this run, in order
         self.reverted: list[int] = []
         self._running: _Step | None = None  # whose NOTICEs the server is sending
         self.in_flight: str | None = None  # what a signal left of the migration it stopped
-        db.execute(conn, sql.SET_ASYNCHRONOUS_COMMIT)
-        conn.add_notice_handler(self._notice)
+        durability.commit_asynchronously(self.conn)
+        self.conn.add_notice_handler(self._notice)
 
     # -- public -------------------------------------------------------------------------------
 
     def up(self, migration: Migration) -> None:
-        self._run(_Step(migration, migration.up, "up"))
+        self._run(_Step(migration, migration.up, Direction.UP))
 
     def down(self, migration: Migration) -> None:
         assert migration.down is not None
-        self._run(_Step(migration, migration.down, "down"))
+        self._run(_Step(migration, migration.down, Direction.DOWN))
 
     def up_all_in_one(self, migrations: Sequence[Migration]) -> None:
         """Every migration in one transaction: all or nothing."""
@@ -113,7 +134,7 @@ class Applier:
                     file=migration.up.filename,
                     version=migration.version,
                 )
-        steps = [_Step(migration, migration.up, "up") for migration in migrations]
+        steps = [_Step(migration, migration.up, Direction.UP) for migration in migrations]
         for step in steps:
             step.file.shape  # noqa: B018 (refused before anything runs)
         for step in steps:
@@ -151,10 +172,8 @@ class Applier:
     def finish(self) -> None:
         """Make every asynchronous commit of this run durable: a synchronous commit flushes
         the WAL up to itself, and so every commit before it."""
-        db.execute(self.conn, sql.RESET_SYNCHRONOUS_COMMIT)
         if self._wrote:
-            with db.transaction(self.conn):
-                db.execute(self.conn, sql.ASSIGN_TRANSACTION_ID)
+            durability.flush(self.conn)
 
     def finish_quietly(self) -> None:
         """finish() on the way out of a failed run; the connection may be gone by then."""
@@ -192,8 +211,8 @@ class Applier:
         self._done(step)
         logs.event(
             logging.INFO,
-            "migration.applied" if step.direction == "up" else "migration.reverted",
-            f"{'applied' if step.direction == 'up' else 'reverted'} {step.file.filename}",
+            "migration.applied" if step.up else "migration.reverted",
+            f"{'applied' if step.up else 'reverted'} {step.file.filename}",
             **step.fields,
             checksum=step.file.checksum,
             statements=statements,
@@ -201,7 +220,7 @@ class Applier:
         )
 
     def _done(self, step: _Step) -> None:
-        done = self.applied if step.direction == "up" else self.reverted
+        done = self.applied if step.up else self.reverted
         done.append(step.migration.version)
 
     def _committed_anyway(self, step: _Step) -> bool | None:
@@ -210,13 +229,10 @@ class Applier:
         committed. The tracking row decides; None when the server does not answer."""
         try:
             self._rollback()
-            row = db.execute(
-                self.conn, sql.select_status(self.table), {"version": step.migration.version}
-            ).fetchone()
+            status = self.table.status_of(step.migration.version)
         except psycopg.Error:
             return None
-        applied = row is not None and row[0] == "applied"
-        return applied if step.direction == "up" else row is None
+        return status == "applied" if step.up else status is None
 
     def _note_in_flight(self, step: _Step, committed: bool | None) -> None:
         """What the signal left of the migration it stopped, for the run's last words."""
@@ -283,19 +299,25 @@ class Applier:
         for step in steps:
             self._running = step
             done += self._body(step, _Own("", 0), self._closing(step, commit=False))
-        db.execute(self.conn, sql.COMMIT)
+        db.execute(self.conn, _COMMIT)
         self._wrote = True
         return done
 
     def _opening(self) -> _Own:
-        timeouts = sql.set_local_timeouts(self.lock_timeout_ms, self.statement_timeout_ms)
-        text = f"BEGIN;\n{sql.SESSION_RESET};\n{timeouts.as_string(self.conn)};\n"
-        return _Own(text, 1 + sql.SESSION_RESET_STATEMENTS + 1)
+        timeouts = sql.SQL(
+            "SELECT set_config('lock_timeout', {lock}, true), "
+            "set_config('statement_timeout', {statement}, true)"
+        ).format(
+            lock=sql.Literal(f"{self.lock_timeout_ms}ms"),
+            statement=sql.Literal(f"{self.statement_timeout_ms}ms"),
+        )
+        text = f"BEGIN;\n{SESSION_RESET};\n{timeouts.as_string(self.conn)};\n"
+        return _Own(text, 1 + SESSION_RESET_STATEMENTS + 1)
 
     def _closing(self, step: _Step, *, commit: bool) -> _Own:
         record = self._record(step).as_string(self.conn)
-        text = f"\n;\n{sql.SESSION_RESET};\n{record};" + ("\nCOMMIT;" if commit else "")
-        return _Own(text, sql.SESSION_RESET_STATEMENTS + 1 + int(commit))
+        text = f"\n;\n{SESSION_RESET};\n{record};" + ("\nCOMMIT;" if commit else "")
+        return _Own(text, SESSION_RESET_STATEMENTS + 1 + int(commit))
 
     def _body(self, step: _Step, opening: _Own, closing: _Own) -> int:
         """Run the file between `opening` and `closing`, our own statements: one query for a
@@ -313,12 +335,17 @@ class Applier:
                 commit_line=commit.line,
             )
         if step.file.content is not None and not shape.has_copy:
-            text = _blanked(step.file.text(), shape.skipped)
+            text = locate.blanked(step.file.text(), shape.skipped)
 
-            def locate(failure: db.ScriptError) -> Where:
-                return _where_in_text(text, failure, len(opening.text), opening.statements)
+            def where(failure: db.ScriptError) -> Where:
+                at = locate.position(failure.error.diag.statement_position)
+                return locate.in_text(
+                    text,
+                    offset=None if at is None else at - len(opening.text),
+                    statement_index=failure.statement_index - opening.statements,
+                )
 
-            ran = self._send(step, opening.text + text + closing.text, locate)
+            ran = self._send(step, opening.text + text + closing.text, where)
             return ran - opening.statements - closing.statements
         if opening.text:
             self._own(step, opening)
@@ -358,17 +385,11 @@ class Applier:
             starts.append(len(query))
             query += statement.text + ";\n"
 
-        def locate(failure: db.ScriptError) -> Where:
-            position = failure.error.diag.statement_position
-            if position and position.isdigit():
-                at = int(position) - 1
-                index = bisect.bisect_right(starts, at) - 1
-                return _where_in_statement(statements[index], at - starts[index])
-            if 0 <= failure.statement_index < len(statements):
-                return statements[failure.statement_index].line, None
-            return None, None
+        def where(failure: db.ScriptError) -> Where:
+            at = locate.position(failure.error.diag.statement_position)
+            return locate.in_batch(statements, starts, at, failure.statement_index)
 
-        return self._send(step, query, locate)
+        return self._send(step, query, where)
 
     def _copy(self, step: _Step, unit: CopyData, *, in_block: bool) -> int:
         """COPY ... FROM stdin with the file's inline data, streamed as it is read."""
@@ -381,20 +402,17 @@ class Applier:
                 raise self._lost(step, error) from None
             if in_block:
                 self._rollback()
-            line = unit.statement.line
-            found = _COPY_LINE.search(error.diag.context or "")
-            if found:  # "COPY t, line 3": the third line of data, which starts on the next
-                line += int(found.group(1))
-            raise self._failure(step, error, (line, None), rolled_back=in_block) from None
+            where = locate.in_copy_data(unit.statement, error.diag.context)
+            raise self._failure(step, error, where, rolled_back=in_block) from None
         return 1
 
     def _own(self, step: _Step, own: _Own) -> None:
         """Our own statements around a file: a failure there names no line of it."""
-        self._send(step, own.text, lambda failure: (None, None))
+        self._send(step, own.text, lambda failure: locate.NOWHERE)
 
-    def _send(self, step: _Step, query: str, locate: Callable[[db.ScriptError], Where]) -> int:
+    def _send(self, step: _Step, query: str, where: Callable[[db.ScriptError], Where]) -> int:
         """Run `query` in the migration's transaction; a failure rolls it back and names the
-        file's line that `locate` finds for it. Returns how many statements ran."""
+        file's line that `where` finds for it. Returns how many statements ran."""
         if self._probe:
             self._probe.arm(self.conn.info.backend_pid, self.lock_timeout_ms / 1000)
         try:
@@ -407,7 +425,7 @@ class Applier:
             self._rollback()
             if error.sqlstate == LOCK_NOT_AVAILABLE and self.lock_timeout_ms:
                 raise _LockTimeoutRetry(blockers) from None
-            raise self._failure(step, error, locate(failure), rolled_back=True) from None
+            raise self._failure(step, error, where(failure), rolled_back=True) from None
         except psycopg.OperationalError as error:
             if self._probe:
                 self._probe.disarm()
@@ -435,23 +453,17 @@ class Applier:
             hint=diagnostic.message_hint,
         )
 
-    def _record(self, step: _Step) -> Composed:
-        if step.direction == "down":
-            return sql.delete_row_literal(self.table, step.migration.version)
-        return sql.insert_applied_literal(
-            self.table,
-            version=step.migration.version,
-            name=step.migration.name,
-            checksum=step.file.checksum,
-            applied_by=self.applied_by,
-        )
+    def _record(self, step: _Step) -> sql.Composed:
+        if step.up:
+            return self.table.record_statement(step.migration, self.applied_by)
+        return self.table.delete_statement(step.migration.version)
 
     def _rollback(self) -> None:
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            db.execute(self.conn, sql.ROLLBACK)
+            db.execute(self.conn, _ROLLBACK)
 
     def _reset_session(self) -> None:
-        db.run_script(self.conn, sql.SESSION_RESET)
+        db.run_script(self.conn, SESSION_RESET)
 
     # -- no transaction -----------------------------------------------------------------------
 
@@ -461,36 +473,29 @@ class Applier:
         leaves it `running` or `failed` for a person."""
         version = step.migration.version
         self._reset_session()
-        db.execute(self.conn, sql.set_statement_timeout(self.statement_timeout_ms))
-        left = None
-        if step.direction == "up":
-            found = db.execute(self.conn, sql.select_status(self.table), {"version": version})
-            left = found.fetchone()
+        # Explicit (0: off), so that a role's own default cannot cut a long index build short.
+        db.execute(
+            self.conn,
+            sql.SQL("SELECT set_config('statement_timeout', {}, false)").format(
+                sql.Literal(f"{self.statement_timeout_ms}ms")
+            ),
+        )
+        left = self.table.status_of(version) if step.up else None
         if left is not None:
             # The planner lets a failed row through only when every statement is safe to rerun.
             logs.event(
                 logging.WARNING,
                 "migration.retrying",
-                f"{step.file.filename} was left {left[0]} by an earlier run; every statement "
+                f"{step.file.filename} was left {left} by an earlier run; every statement "
                 "in it is safe to run again, so this run retries it",
                 **step.fields,
-                previous_status=left[0],
+                previous_status=left,
             )
-            self._set_status(version, "running", 0)
-        elif step.direction == "up":
-            db.execute(
-                self.conn,
-                sql.insert_row(self.table),
-                {
-                    "status": "running",
-                    "version": version,
-                    "name": step.migration.name,
-                    "checksum": step.file.checksum,
-                    "applied_by": self.applied_by,
-                },
-            )
+            self.table.mark(version, "running", 0)
+        elif step.up:
+            self.table.insert(step.migration, status="running", applied_by=self.applied_by)
         else:
-            self._set_status(version, "running", 0)
+            self.table.mark(version, "running", 0)
         started = time.perf_counter()
         done = 0
         skipped = {statement.offset for statement in step.file.shape.skipped}
@@ -512,10 +517,10 @@ class Applier:
             raise
         elapsed = round((time.perf_counter() - started) * 1000)
         self._reset_session()
-        if step.direction == "up":
-            self._set_status(version, "applied", elapsed)
+        if step.up:
+            self.table.mark(version, "applied", elapsed)
         else:
-            db.execute(self.conn, sql.delete_row(self.table), {"version": version})
+            self.table.delete(version)
         self._wrote = True
         return done
 
@@ -532,19 +537,12 @@ class Applier:
         if index:
             self._check_index_valid(step, statement, *index)
 
-    def _set_status(self, version: int, status: str, elapsed_ms: int) -> None:
-        db.execute(
-            self.conn,
-            sql.set_status(self.table),
-            {"version": version, "status": status, "execution_ms": elapsed_ms},
-        )
-
     def _mark_failed(self, version: int) -> None:
         """Best effort: the row already says `running`, which a later run also refuses."""
         try:
             self._rollback()
             self._reset_session()
-            self._set_status(version, "failed", 0)
+            self.table.mark(version, "failed", 0)
         except (psycopg.Error, KeyboardInterrupt):
             logs.event(
                 logging.WARNING,
@@ -554,23 +552,19 @@ class Applier:
             )
 
     def _drop_invalid_index(self, step: _Step, name: str, table: str) -> None:
-        row = db.execute(self.conn, sql.INDEX_VALIDITY, {"name": name, "table": table}).fetchone()
-        if row is None or row[1]:
-            return
-        schema = str(row[0])
-        db.execute(self.conn, sql.drop_index_concurrently(schema, name))
-        logs.event(
-            logging.WARNING,
-            "index.invalid_dropped",
-            f"dropped invalid index {schema}.{name} left by an earlier failed "
-            "CREATE INDEX CONCURRENTLY",
-            **step.fields,
-            index=f"{schema}.{name}",
-        )
+        dropped = indexes.drop_if_invalid(self.conn, name, table)
+        if dropped:
+            logs.event(
+                logging.WARNING,
+                "index.invalid_dropped",
+                f"dropped invalid index {dropped} left by an earlier failed "
+                "CREATE INDEX CONCURRENTLY",
+                **step.fields,
+                index=dropped,
+            )
 
     def _check_index_valid(self, step: _Step, statement: Statement, name: str, table: str) -> None:
-        row = db.execute(self.conn, sql.INDEX_VALIDITY, {"name": name, "table": table}).fetchone()
-        if row is not None and row[1]:
+        if indexes.is_valid(self.conn, name, table):
             return
         raise MigrationFailed(
             f"migration {step.migration.version} failed at {step.file.filename} line "
@@ -587,10 +581,10 @@ class Applier:
     def _failed_statement(
         self, step: _Step, statement: Statement, error: psycopg.Error
     ) -> MigrationFailed:
-        position = error.diag.statement_position
-        where: Where = (statement.line, statement.column)
-        if position and position.isdigit():
-            where = _where_in_statement(statement, int(position) - 1)
+        at = locate.position(error.diag.statement_position)
+        where = (
+            (statement.line, statement.column) if at is None else locate.in_statement(statement, at)
+        )
         return self._failure(step, error, where, rolled_back=False)
 
     def _failure(
@@ -598,7 +592,7 @@ class Applier:
     ) -> MigrationFailed:
         """The server's own words (with its DETAIL, HINT and CONTEXT) at the file's line."""
         diag = error.diag
-        message = _one_line(diag.message_primary or str(error))
+        message = locate.one_line(diag.message_primary or str(error))
         if error.sqlstate == QUERY_CANCELED and self.statement_timeout:
             message += f" (STATEMENT_TIMEOUT is {self.statement_timeout:g}s)"
         told = {
@@ -608,7 +602,7 @@ class Applier:
         }
         for label, text in told.items():
             if text:
-                message += f"; {label}: {_one_line(text)}"
+                message += f"; {label}: {locate.one_line(text)}"
         line, column = where
         place = step.file.filename
         if line:
@@ -626,9 +620,9 @@ class Applier:
             sqlstate=error.sqlstate,
             line=line,
             column=column,
-            detail=_one_line(diag.message_detail or "") or None,
-            hint=_one_line(diag.message_hint or "") or None,
-            context=_one_line(diag.context or "") or None,
+            detail=locate.one_line(diag.message_detail or "") or None,
+            hint=locate.one_line(diag.message_hint or "") or None,
+            context=locate.one_line(diag.context or "") or None,
         )
 
     def _connection_lost(self, error: psycopg.Error) -> bool:
@@ -646,27 +640,12 @@ class Applier:
         )
 
 
-_IDLE = psycopg.pq.TransactionStatus.IDLE
-
-
 @dataclass(frozen=True)
 class _Own:
     """The runner's own statements before or after a file's, sent in the same query."""
 
     text: str
     statements: int
-
-
-def _blanked(text: str, skipped: Sequence[Statement]) -> str:
-    """The file with what is not sent (its own BEGIN and COMMIT, pg_dump's \\restrict lines)
-    blanked out, lines and columns kept."""
-    for statement in skipped:
-        end = statement.offset + len(statement.text)
-        text = text[: statement.offset] + re.sub(r"[^\n]", " ", statement.text) + text[end:]
-    return text
-
-
-Where = tuple[int | None, int | None]  # line and column in the file, 1-based
 
 
 def _left_outside_a_transaction(step: _Step) -> str:
@@ -682,135 +661,3 @@ def _left_outside_a_transaction(step: _Step) -> str:
         "migration is recorded as failed until a person checks it and runs "
         f"`migration-runner repair --version {step.migration.version}`"
     )
-
-
-def _where_in_text(text: str, failure: db.ScriptError, prefix_length: int, ours: int) -> Where:
-    """Where in `text` a failure of opening + text + closing points."""
-    position = failure.error.diag.statement_position
-    if position and position.isdigit() and 0 <= int(position) - 1 - prefix_length < len(text):
-        offset = int(position) - 1 - prefix_length
-        return sqlscript.line_of(text, offset), offset - text.rfind("\n", 0, offset)
-    index = failure.statement_index - ours
-    if index >= 0:
-        statements = sqlscript.split(text)
-        if index < len(statements):
-            return statements[index].line, statements[index].column
-    return None, None
-
-
-def _where_in_statement(statement: Statement, offset: int) -> Where:
-    """The file's line and column of a character of `statement`."""
-    before = statement.text[:offset]
-    newlines = before.count("\n")
-    if newlines:
-        return statement.line + newlines, offset - before.rfind("\n")
-    return statement.line, statement.column + offset
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-class _BlockerProbe:
-    """Notes who blocks the runner's session when a migration waits on a lock for long.
-
-    A session blocked on a lock cannot ask pg_blocking_pids() itself, so a helper thread with
-    its own connection looks shortly before lock_timeout fires. It connects as soon as it is
-    first armed, not when it must look; each arming has a number, and a look that finishes
-    after its arming was disarmed is dropped instead of being taken for the next one's."""
-
-    def __init__(self, settings: ConnectionSettings | None) -> None:
-        self._settings = settings
-        self._condition = threading.Condition()
-        self._armed: tuple[int, int, float] | None = None  # (arming, pid, when to look)
-        self._arming = 0
-        self._seen: list[dict[str, Any]] = []
-        self._thread: threading.Thread | None = None
-        self._conn: db.Connection | None = None
-        self._closed = False
-
-    def arm(self, pid: int, lock_timeout: float) -> None:
-        with self._condition:
-            self._arming += 1
-            self._armed = (self._arming, pid, time.monotonic() + lock_timeout * 0.8)
-            self._seen = []
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._watch, args=(lock_timeout,), daemon=True
-                )
-                self._thread.start()
-            self._condition.notify()
-
-    def disarm(self) -> list[dict[str, Any]]:
-        with self._condition:
-            self._arming += 1
-            self._armed = None
-            return list(self._seen)
-
-    def close(self) -> None:
-        with self._condition:
-            self._closed = True
-            self._armed = None
-            self._condition.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _watch(self, lock_timeout: float) -> None:
-        self._connect(lock_timeout)
-        while True:
-            with self._condition:
-                while not self._closed and (
-                    self._armed is None or time.monotonic() < self._armed[2]
-                ):
-                    wait = None if self._armed is None else self._armed[2] - time.monotonic()
-                    self._condition.wait(wait)
-                if self._closed:
-                    break
-                assert self._armed is not None
-                arming, pid, _ = self._armed
-                self._armed = None
-            seen = self._look(pid)
-            with self._condition:
-                if arming == self._arming:
-                    self._seen = seen
-        if self._conn is not None:
-            self._conn.close()
-
-    def _connect(self, lock_timeout: float) -> None:
-        if self._settings is None:
-            return
-        try:
-            # libpq waits at least 2 s; the look comes at 80% of lock_timeout.
-            self._conn = db.connect(self._settings, connect_timeout=max(2, round(lock_timeout)))
-        except psycopg.Error as error:
-            self._failed(error)
-
-    def _look(self, pid: int) -> list[dict[str, Any]]:
-        if self._conn is None:
-            return []
-        try:
-            rows = db.execute(self._conn, sql.BLOCKERS, {"pid": pid}).fetchall()
-        except psycopg.Error as error:
-            self._failed(error)
-            return []
-        return [
-            {
-                "pid": pid,
-                "application_name": app,
-                "state": state,
-                "transaction_age_s": age,
-                "query": query,
-            }
-            for pid, app, state, age, query in rows
-        ]
-
-    @staticmethod
-    def _failed(error: psycopg.Error) -> None:
-        logs.event(
-            logging.WARNING,
-            "lock.probe_failed",
-            "could not look up who blocks the migration; lock timeouts will name no blocker: "
-            + " ".join(str(error).split()),
-            error=" ".join(str(error).split()),
-        )

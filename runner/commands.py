@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import tenacity
+from psycopg import sql
 
-from runner import db, lock, logs, migrations, present, retry, sql, tracking, wait
+from runner import db, durability, lock, logs, migrations, present, retry, tracking, wait
 from runner.apply import Applier
-from runner.config import Settings, TableName
+from runner.config import Settings
 from runner.errors import (
     AwaitTimeout,
     DatabaseUnreachable,
@@ -44,6 +45,7 @@ from runner.planner import (
 )
 
 Sleep = Callable[[float], Any]
+_CURRENT_USER = sql.SQL("SELECT current_user")
 
 
 @dataclass
@@ -73,23 +75,23 @@ def up(
         table = tracking.resolve(conn, settings.migrations_table)
         # Most runs find nothing to do: say so without the lock. So does a runner that waited
         # while another applied everything: it stops waiting instead of queueing for the lock.
-        if _up_to_date(conn, files, table, settings, note=True):
+        if _up_to_date(files, table, settings, note=True):
             return
         lock.require_stable_session(conn, settings.database)
         key = lock.acquire(
             conn,
-            table,
+            table.name,
             timeout=settings.lock_timeout,
             sleep=sleep,
-            unneeded=lambda: _up_to_date(conn, files, table, settings),
+            unneeded=lambda: _up_to_date(files, table, settings),
         )
         if key is None:
             return
-        tracking.ensure(conn, table)
-        applied = tracking.read(conn, table)  # read again, under the lock
+        table.ensure()
+        applied = table.rows()  # read again, under the lock
         todo = _plan(files, applied, settings).pending
         _log_plan(report, todo, applied)
-        with _applier(conn, table, settings, sleep, report) as applier:
+        with _applier(table, settings, sleep, report) as applier:
             if single_transaction and todo:
                 applier.up_all_in_one(todo)
             for migration in () if single_transaction else todo:
@@ -98,16 +100,15 @@ def up(
 
 
 def _up_to_date(
-    conn: db.Connection,
     files: Sequence[MigrationFile],
-    table: TableName,
+    table: tracking.TrackingTable,
     settings: Settings,
     *,
     note: bool = False,
 ) -> bool:
     """True when every file is applied, unchanged, and durably so: read without the lock,
     which only committed rows can satisfy. Anything else is left to the locked path."""
-    applied = tracking.read(conn, table)
+    applied = table.rows()
     if note:  # once, not at every look while waiting for the lock
         _note_future(files, applied, settings)
     try:
@@ -118,12 +119,7 @@ def _up_to_date(
         return False
     if pending:
         return False
-    # Another runner may have committed these rows asynchronously a moment ago: make them
-    # durable before reporting success.
-    flushed = db.execute(conn, sql.WAL_FLUSHED).fetchone()
-    if not (flushed and flushed[0]):
-        with db.transaction(conn):
-            db.execute(conn, sql.ASSIGN_TRANSACTION_ID)
+    durability.make_durable(table.conn)
     logs.event(
         logging.INFO,
         "plan.ready",
@@ -139,8 +135,8 @@ def down(
 ) -> None:
     """Roll back the newest `count` applied migrations (all when None), newest first."""
     files = _load(settings)
-    with _locked(settings, sleep) as (conn, table):
-        applied = tracking.read(conn, table)
+    with _locked(settings, sleep) as table:
+        applied = table.rows()
         todo = plan_down(files, applied, count)
         logs.event(
             logging.INFO,
@@ -149,7 +145,7 @@ def down(
             reverting=[m.version for m in todo],
             applied_count=len(applied),
         )
-        with _applier(conn, table, settings, sleep, report) as applier:
+        with _applier(table, settings, sleep, report) as applier:
             for migration in todo:
                 applier.down(migration)
 
@@ -157,9 +153,9 @@ def down(
 def goto(settings: Settings, report: RunReport, target: int, *, sleep: Sleep = time.sleep) -> None:
     """Up or down to exactly `target` (0: before the first migration)."""
     files = _load(settings)
-    with _locked(settings, sleep) as (conn, table):
-        tracking.ensure(conn, table)
-        applied = tracking.read(conn, table)
+    with _locked(settings, sleep) as table:
+        table.ensure()
+        applied = table.rows()
         steps = plan_goto(files, applied, target, allow_out_of_order=settings.allow_out_of_order)
         logs.event(
             logging.INFO,
@@ -170,7 +166,7 @@ def goto(settings: Settings, report: RunReport, target: int, *, sleep: Sleep = t
             reverting=[m.version for m in steps.down],
             applied_count=len(applied),
         )
-        with _applier(conn, table, settings, sleep, report) as applier:
+        with _applier(table, settings, sleep, report) as applier:
             for migration in steps.up:
                 applier.up(migration)
             for migration in steps.down:
@@ -186,18 +182,18 @@ def baseline(
     migrations_on_disk = parse_files(files)
     if version not in {m.version for m in migrations_on_disk}:
         raise UnknownVersion(f"no migration with version {version} on disk", version=version)
-    with _locked(settings, sleep) as (conn, table):
-        tracking.ensure(conn, table)
-        applied = tracking.read(conn, table)
+    with _locked(settings, sleep) as table:
+        table.ensure()
+        applied = table.rows()
         _refuse(find_problems(files, applied, allow_out_of_order=True))
         recorded = {row.version for row in applied}
         chosen = [
             m for m in migrations_on_disk if m.version <= version and m.version not in recorded
         ]
-        applied_by = f"baseline by {_applied_by(conn)}"
-        with db.transaction(conn):
+        applied_by = f"baseline by {_applied_by(table.conn)}"
+        with db.transaction(table.conn):
             for migration in chosen:
-                _record_without_running(conn, table, migration, applied_by)
+                table.record_without_running(migration, applied_by)
         report.applied.extend(m.version for m in chosen)
         logs.event(
             logging.INFO,
@@ -222,8 +218,8 @@ def repair(
     files = _load(settings)
     on_disk = {m.version: m for m in parse_files(files)}
     changed = 0
-    with _locked(settings, sleep) as (conn, table):
-        applied = tracking.read(conn, table)
+    with _locked(settings, sleep) as table:
+        applied = table.rows()
         if only_version is not None:
             applied = [row for row in applied if row.version == only_version]
             if not applied:
@@ -231,10 +227,10 @@ def repair(
                     f"version {only_version} has no row in {table}: nothing to repair",
                     version=only_version,
                 )
-        with db.transaction(conn):
+        with db.transaction(table.conn):
             for row in applied:
                 if row.status != APPLIED:
-                    db.execute(conn, sql.delete_row(table), {"version": row.version})
+                    table.delete(row.version)
                     changed += 1
                     logs.event(
                         logging.WARNING,
@@ -248,11 +244,7 @@ def repair(
                     continue
                 migration = on_disk.get(row.version)
                 if update_checksums and migration and migration.up.checksum != row.checksum:
-                    db.execute(
-                        conn,
-                        sql.update_checksum(table),
-                        {"version": row.version, "checksum": migration.up.checksum},
-                    )
+                    table.update_checksum(row.version, migration.up.checksum)
                     changed += 1
                     logs.event(
                         logging.WARNING,
@@ -272,32 +264,30 @@ def adopt(settings: Settings, report: RunReport, *, sleep: Sleep = time.sleep) -
     in this tool's table and keep the old table, untouched, under a new name."""
     files = _load(settings)
     on_disk = {m.version: m for m in parse_files(files)}
-    with _locked(settings, sleep) as (conn, table):
-        found = tracking.columns(conn, table)
+    with _locked(settings, sleep) as table:
+        found = table.columns()
         tool = tracking.foreign_tool(found)
         if not found or tool is None:
-            tracking.check_shape(table, found)  # refuses an unknown shape
+            table.check_shape(found)  # refuses an unknown shape
             logs.event(
                 logging.INFO,
                 "adopt.nothing",
                 f"{table} is already this tool's table" if found else f"no {table} to adopt",
             )
             return
-        rows = db.execute(
-            conn, sql.select_foreign_versions(table, tool == tracking.GOLANG_MIGRATE)
-        ).fetchall()
+        rows = table.foreign_versions(tool)
         versions = _adopted_versions(tool, rows, sorted(on_disk), table=str(table))
-        backup = f"{table.name}_{tool.replace('-', '_')}"
-        if tracking.columns(conn, TableName(table.schema, backup)):
+        backup = f"{table.name.name}_{tool.replace('-', '_')}"
+        if table.named(backup).columns():
             raise ForeignTrackingTable(
                 f"cannot keep {table} as {backup}: that table exists already"
             )
-        applied_by = f"adopted from {tool} by {_applied_by(conn)}"
-        with db.transaction(conn):
-            db.execute(conn, sql.rename_table(table, backup))
-            db.execute(conn, sql.create_tracking_table(table))
+        applied_by = f"adopted from {tool} by {_applied_by(table.conn)}"
+        with db.transaction(table.conn):
+            table.rename(backup)
+            table.create()
             for version in versions:
-                _record_without_running(conn, table, on_disk[version], applied_by)
+                table.record_without_running(on_disk[version], applied_by)
         report.applied.extend(versions)
         logs.event(
             logging.INFO,
@@ -337,22 +327,6 @@ def _adopted_versions(
     return sorted(versions)
 
 
-def _record_without_running(
-    conn: db.Connection, table: TableName, migration: Migration, applied_by: str
-) -> None:
-    db.execute(
-        conn,
-        sql.insert_row(table),
-        {
-            "status": APPLIED,
-            "version": migration.version,
-            "name": migration.name,
-            "checksum": migration.up.checksum,
-            "applied_by": applied_by,
-        },
-    )
-
-
 # -- reading ----------------------------------------------------------------------------------
 
 
@@ -368,7 +342,7 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
         try:
             with wait.wait_for_database(settings.database, deadline=0, sleep=sleep) as conn:
                 applied = _applied(conn, settings)
-                durable = _durable(conn, sleep)
+                durable = durability.wait_until_flushed(conn, sleep)
         except DatabaseUnreachable as unreachable:
             state["unreachable"] = unreachable
             return wanted
@@ -520,7 +494,7 @@ def _files(settings: Settings) -> list[MigrationFile]:
 
 def _applied(conn: db.Connection, settings: Settings) -> list[AppliedMigration]:
     """The tracking table's rows, read by a command that does not lock."""
-    return tracking.read(conn, tracking.resolve(conn, settings.migrations_table))
+    return tracking.resolve(conn, settings.migrations_table).rows()
 
 
 def _load(settings: Settings) -> list[MigrationFile]:
@@ -552,24 +526,6 @@ def _problems(
     )
 
 
-def _durable(conn: db.Connection, sleep: Sleep, patience: float = 5.0) -> bool:
-    """Whether every commit this session can see is on disk, waiting up to `patience` seconds
-    for the WAL writer (a runner commits asynchronously and flushes at its end). Read-only,
-    so that `await` can ask it; a standby has nothing of its own to flush."""
-    row = db.execute(conn, sql.WAL_INSERT_POSITION).fetchone()
-    position = row[0] if row else None
-    if position is None:
-        return True
-    deadline = time.monotonic() + patience
-    while True:
-        flushed = db.execute(conn, sql.WAL_FLUSHED_UP_TO, {"position": position}).fetchone()
-        if flushed and flushed[0]:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        sleep(0.05)
-
-
 def _note_future(
     files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], settings: Settings
 ) -> None:
@@ -599,24 +555,24 @@ def _connect(settings: Settings, sleep: Sleep, *, writable: bool = False) -> db.
 
 
 @contextmanager
-def _locked(settings: Settings, sleep: Sleep) -> Iterator[tuple[db.Connection, TableName]]:
-    """A connection holding the migration lock, and the tracking table's qualified name; the
-    lock goes with the connection."""
+def _locked(settings: Settings, sleep: Sleep) -> Iterator[tracking.TrackingTable]:
+    """The tracking table on a connection holding the migration lock; the lock goes with the
+    connection."""
     with _connect(settings, sleep, writable=True) as conn:
         table = tracking.resolve(conn, settings.migrations_table)
         lock.require_stable_session(conn, settings.database)
-        key = lock.acquire(conn, table, timeout=settings.lock_timeout, sleep=sleep)
+        key = lock.acquire(conn, table.name, timeout=settings.lock_timeout, sleep=sleep)
         assert key is not None  # acquire() gives up early only when asked to
-        yield conn, table
+        yield table
         lock.release(conn, key)
 
 
 @contextmanager
 def _applier(
-    conn: db.Connection, table: TableName, settings: Settings, sleep: Sleep, report: RunReport
+    table: tracking.TrackingTable, settings: Settings, sleep: Sleep, report: RunReport
 ) -> Iterator[Applier]:
     """An Applier whose committed versions end up in `report`, whatever happens."""
-    applier = Applier(conn, settings, table=table, applied_by=_applied_by(conn), sleep=sleep)
+    applier = Applier(table, settings, applied_by=_applied_by(table.conn), sleep=sleep)
     try:
         yield applier
         applier.finish()
@@ -644,6 +600,6 @@ def _log_plan(
 
 
 def _applied_by(conn: db.Connection) -> str:
-    row = db.execute(conn, sql.SESSION_INFO).fetchone()
+    row = db.execute(conn, _CURRENT_USER).fetchone()
     user = row[0] if row else "unknown"
     return f"{user}@{socket.gethostname()}"

@@ -7,6 +7,7 @@ with a CREATE INDEX CONCURRENTLY run by the lock's holder, which waits for every
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -15,16 +16,43 @@ from typing import Any
 
 import psycopg
 import tenacity
+from psycopg import sql
 
-from runner import db, logs, retry, sql
+from runner import db, logs, retry
 from runner.config import ConnectionSettings, TableName
 from runner.errors import LockTimeout, UnstableSession
 
-UNNEEDED = -1 << 64  # not a lock key: keys are signed 64-bit
+_UNNEEDED = -1 << 64  # not a lock key: keys are signed 64-bit
+
+_TRY_LOCK = sql.SQL("SELECT pg_try_advisory_lock(%(key)s)")
+_UNLOCK = sql.SQL("SELECT pg_advisory_unlock(%(key)s)")
+# Who holds the advisory lock with key (classid, objid) = the key's high and low 32 bits.
+_HOLDER = sql.SQL(
+    """SELECT l.pid, a.application_name, host(a.client_addr), a.backend_start, a.state
+FROM pg_locks l
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = %(high)s::bigint::oid AND l.objid = %(low)s::bigint::oid AND l.objsubid = 1
+LIMIT 1"""
+)
+# A pooler hands out a process id of its own (its cancel key) at connect, which then differs
+# from the backend's own.
+_BACKEND_PID = sql.SQL("SELECT pg_backend_pid()")
+_MARKER = sql.SQL("SELECT current_setting('migration_runner.session', true)")
+_MARKER_AND_PID = sql.SQL(
+    "SELECT current_setting('migration_runner.session', true), pg_backend_pid()"
+)
 
 
 # How often a waiter logs lock.waiting (and asks who holds the lock), at most.
 WAITING_LOG_INTERVAL = 5.0
+
+
+def lock_key(table: TableName) -> int:
+    """A stable signed 64-bit advisory lock key for this tracking table (not Python's hash())."""
+    digest = hashlib.sha256(f"migration-runner:{table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def acquire(
@@ -39,7 +67,7 @@ def acquire(
 
     While waiting, `unneeded()` is asked after each try; when it says the lock is no longer
     needed (the holder did the work), give up waiting and return None."""
-    key = sql.lock_key(table)
+    key = lock_key(table)
     started = time.monotonic()
     last_logged = [-WAITING_LOG_INTERVAL]
 
@@ -47,7 +75,7 @@ def acquire(
         if _try_lock(conn, key):
             return key
         if unneeded is not None and unneeded():
-            return UNNEEDED
+            return _UNNEEDED
         return None
 
     def log_waiting(state: tenacity.RetryCallState) -> None:
@@ -84,7 +112,7 @@ def acquire(
             f"another runner held the migration lock for more than {timeout:g}s"
             + (f" (pid {holder['holder_pid']}, {holder['holder_application']})" if holder else "")
         ) from None
-    if outcome == UNNEEDED:
+    if outcome == _UNNEEDED:
         logs.event(
             logging.INFO,
             "lock.unneeded",
@@ -110,18 +138,23 @@ def require_stable_session(conn: db.Connection, settings: ConnectionSettings) ->
 
     libpq's process id is the pooler's own key when there is a pooler. Then a second client
     looks: in transaction pooling it is handed the server process this one just left."""
-    row = db.execute(conn, sql.BACKEND_PID).fetchone()
+    row = db.execute(conn, _BACKEND_PID).fetchone()
     server_pid = int(row[0]) if row else 0
     if server_pid == conn.info.backend_pid:
         return  # a direct connection
     token = secrets.token_hex(8)
-    db.execute(conn, sql.set_session_marker(token))
+    db.execute(
+        conn,
+        sql.SQL("SELECT set_config('migration_runner.session', {}, false)").format(
+            sql.Literal(token)
+        ),
+    )
     try:
         with db.connect(settings) as probe:
-            seen = db.execute(probe, sql.SESSION_MARKER).fetchone()
+            seen = db.execute(probe, _MARKER).fetchone()
             with probe.transaction():
-                probe_pid = db.execute(probe, sql.BACKEND_PID).fetchone()
-                ours = db.execute(conn, sql.SESSION_MARKER_AND_PID).fetchone()
+                probe_pid = db.execute(probe, _BACKEND_PID).fetchone()
+                ours = db.execute(conn, _MARKER_AND_PID).fetchone()
         shared = (
             (seen is not None and seen[0] == token)
             or (probe_pid is not None and probe_pid[0] == server_pid)
@@ -150,18 +183,18 @@ def require_stable_session(conn: db.Connection, settings: ConnectionSettings) ->
 
 
 def release(conn: db.Connection, key: int) -> None:
-    db.execute(conn, sql.UNLOCK, {"key": key})
+    db.execute(conn, _UNLOCK, {"key": key})
     logs.event(logging.INFO, "lock.released", "migration lock released", lock_key=key)
 
 
 def _try_lock(conn: db.Connection, key: int) -> bool:
-    row = db.execute(conn, sql.TRY_LOCK, {"key": key}).fetchone()
+    row = db.execute(conn, _TRY_LOCK, {"key": key}).fetchone()
     return bool(row and row[0])
 
 
 def _holder(conn: db.Connection, key: int) -> dict[str, Any]:
     high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
-    row = db.execute(conn, sql.LOCK_HOLDER, {"high": high, "low": low}).fetchone()
+    row = db.execute(conn, _HOLDER, {"high": high, "low": low}).fetchone()
     if row is None:
         return {}
     pid, application, client, since, state = row

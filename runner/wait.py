@@ -9,14 +9,20 @@ from typing import Any
 
 import psycopg
 import tenacity
+from psycopg import sql
 
-from runner import db, logs, retry, sql
+from runner import db, logs, retry
 from runner.config import ConnectionSettings
 from runner.errors import (
     AuthenticationFailed,
     ConfigError,
     DatabaseMissing,
     DatabaseUnreachable,
+)
+
+# Whether this server can take writes at all.
+_READ_ONLY = sql.SQL(
+    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')::bool"
 )
 
 # libpq and server messages (PostgreSQL sends no SQLSTATE before a session exists, so the
@@ -81,7 +87,7 @@ def _server_words(message: str) -> str:
 def _refuse_read_only(conn: db.Connection) -> None:
     """Close and retry a connection to a server that cannot write."""
     try:
-        row = db.execute(conn, sql.READ_ONLY).fetchone()
+        row = db.execute(conn, _READ_ONLY).fetchone()
     except psycopg.OperationalError as error:
         conn.close()
         raise TransientConnectError(_server_words(str(error))) from None

@@ -278,7 +278,7 @@ def test_a_held_lock_times_out_with_75_and_names_the_holder(
 ) -> None:
     write_migration(migrations_dir, "1_a.up.sql", "CREATE TABLE a (id int);")
     from runner.config import TableName
-    from runner.sql import lock_key
+    from runner.lock import lock_key
 
     with psycopg.connect(database_url, autocommit=True, application_name="someone-else") as holder:
         holder.execute(

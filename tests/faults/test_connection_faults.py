@@ -187,7 +187,7 @@ def test_terminate_backend_while_waiting_for_the_lock(
 ) -> None:
     """Before any migration: cut while the runner polls for a lock someone else holds."""
     from runner.config import TableName
-    from runner.sql import lock_key
+    from runner.lock import lock_key
 
     with fault_registry.trial("pg_terminate_backend while waiting for the lock"):
         versions = migration_set(migrations_dir, 3)
