@@ -95,7 +95,7 @@ def _settings_flags() -> _Parser:
                 dest=variable.name,
                 action="store_const",
                 const="true",
-                help=f"{variable.help} [{variable.name}]",
+                help=variable.help_text,
             )
         else:
             group.add_argument(
@@ -103,7 +103,7 @@ def _settings_flags() -> _Parser:
                 dest=variable.name,
                 action=_StoreValue,
                 metavar="VALUE",
-                help=f"{variable.help} [{variable.name}]",
+                help=variable.help_text,
             )
     return flags
 

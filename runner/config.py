@@ -18,8 +18,6 @@ from runner.errors import ConfigError
 from runner.logs import Redactor
 
 APPLICATION_NAME = "migration-runner"
-DEFAULT_MIGRATIONS_DIR = Path("db") / "migrations"  # of the working directory
-DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -33,12 +31,20 @@ _FALSE = ("0", "false", "no", "off", "")
 
 @dataclass(frozen=True)
 class Variable:
-    """One setting: its environment variable, its flag, and its help text for --help."""
+    """One setting: its environment variable, its flag, its help text for --help, and its
+    default as it would be written in the environment ("": none, or one from elsewhere that
+    the help text names). from_env, --help and README.md's table all read the default here."""
 
     name: str
     flag: str
     help: str
+    default: str = ""
     is_switch: bool = False
+
+    @property
+    def help_text(self) -> str:
+        shown = f"; default {self.default}" if self.default and not self.is_switch else ""
+        return f"{self.help}{shown} [{self.name}]"
 
 
 VARIABLES: tuple[Variable, ...] = (
@@ -55,7 +61,7 @@ VARIABLES: tuple[Variable, ...] = (
         "file holding MIGRATION_DATABASE_URL",
     ),
     Variable("DB_HOST", "--db-host", "server host (overrides the URL's)"),
-    Variable("DB_PORT", "--db-port", "server port (default 5432)"),
+    Variable("DB_PORT", "--db-port", "server port (libpq's default 5432)"),
     Variable("DB_NAME", "--db-name", "database name"),
     Variable("DB_USER", "--db-user", "role to connect as"),
     Variable("DB_USER_FILE", "--db-user-file", "file holding DB_USER"),
@@ -63,42 +69,70 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DB_PASSWORD_FILE", "--db-password-file", "file holding the password"),
     Variable("DB_SSL", "--db-ssl", "libpq sslmode: " + ", ".join(SSL_MODES)),
     Variable("DB_SSL_ROOT_CERT", "--db-ssl-root-cert", "CA certificate file for verify-ca/full"),
-    Variable("MIGRATIONS_DIR", "--migrations-dir", "directory of migration files"),
-    Variable("MIGRATIONS_TABLE", "--migrations-table", "tracking table, may be schema.table"),
-    Variable("DB_WAIT_TIMEOUT", "--wait-timeout", "seconds to wait for the database (60)"),
-    Variable("DB_CONNECT_TIMEOUT", "--connect-timeout", "seconds per connection attempt (5)"),
+    Variable(
+        "MIGRATIONS_DIR", "--migrations-dir", "directory of migration files", "./db/migrations"
+    ),
+    Variable(
+        "MIGRATIONS_TABLE",
+        "--migrations-table",
+        "tracking table, may be schema.table",
+        "schema_migrations",
+    ),
+    Variable("DB_WAIT_TIMEOUT", "--wait-timeout", "seconds to wait for the database", "60"),
+    Variable("DB_CONNECT_TIMEOUT", "--connect-timeout", "seconds per connection attempt", "5"),
     Variable(
         "DB_TCP_TIMEOUT",
         "--tcp-timeout",
-        "seconds until a silent network peer counts as dead: TCP keepalives (60; 0: OS defaults)",
+        "seconds until a silent network peer counts as dead: TCP keepalives (0: OS defaults)",
+        "60",
     ),
-    Variable("MIGRATION_LOCK_TIMEOUT", "--lock-timeout", "seconds to wait for the lock (300)"),
-    Variable("DDL_LOCK_TIMEOUT", "--ddl-lock-timeout", "lock_timeout of migrations, s (5; 0 off)"),
-    Variable("DDL_LOCK_RETRIES", "--ddl-lock-retries", "retries after a lock timeout (5)"),
-    Variable("STATEMENT_TIMEOUT", "--statement-timeout", "statement_timeout, s (0: off)"),
-    Variable("AWAIT_TIMEOUT", "--await-timeout", "await: seconds to wait for the schema (300)"),
+    Variable("MIGRATION_LOCK_TIMEOUT", "--lock-timeout", "seconds to wait for the lock", "300"),
+    Variable(
+        "DDL_LOCK_TIMEOUT", "--ddl-lock-timeout", "lock_timeout of migrations, s (0 off)", "5"
+    ),
+    Variable("DDL_LOCK_RETRIES", "--ddl-lock-retries", "retries after a lock timeout", "5"),
+    Variable("STATEMENT_TIMEOUT", "--statement-timeout", "statement_timeout, s (0: off)", "0"),
+    Variable("AWAIT_TIMEOUT", "--await-timeout", "await: seconds to wait for the schema", "300"),
     Variable("LOG_FORMAT", "--log-format", "json, or text (the default on a terminal)"),
-    Variable("LOG_LEVEL", "--log-level", "DEBUG, INFO (default), WARNING or ERROR"),
-    Variable("TERMINATION_LOG", "--termination-log", "summary file (/dev/termination-log)"),
+    Variable("LOG_LEVEL", "--log-level", "DEBUG, INFO, WARNING or ERROR", "INFO"),
+    Variable(
+        "TERMINATION_LOG",
+        "--termination-log",
+        "summary file, written by default only if it exists",
+        "/dev/termination-log",
+    ),
     Variable(
         "ALLOW_OUT_OF_ORDER",
         "--allow-out-of-order",
         "apply versions lower than the highest applied one",
+        "false",
         is_switch=True,
     ),
     Variable(
         "IGNORE_FUTURE_VERSIONS",
         "--ignore-future",
         "allow versions applied in the database but unknown to these files (a rolled-back app)",
+        "false",
         is_switch=True,
     ),
     Variable(
         "ALLOW_EMPTY",
         "--allow-empty",
         "accept a MIGRATIONS_DIR with no migration files",
+        "false",
         is_switch=True,
     ),
 )
+
+
+_DEFAULTS = {variable.name: variable.default for variable in VARIABLES}
+DEFAULT_MIGRATIONS_DIR = Path(_DEFAULTS["MIGRATIONS_DIR"])  # of the working directory
+DEFAULT_TERMINATION_LOG = Path(_DEFAULTS["TERMINATION_LOG"])
+
+
+def _value(environ: Mapping[str, str], variable: str) -> str:
+    """The variable's value, or its default from VARIABLES when unset or empty."""
+    return environ.get(variable) or _DEFAULTS[variable]
 
 
 @dataclass(frozen=True)
@@ -117,8 +151,8 @@ class ConnectionSettings:
     """What libpq needs to connect. The password never appears in repr() or describe()."""
 
     params: Mapping[str, str] = field(repr=False)
-    connect_timeout: int = 5
-    tcp_timeout: int = 60  # seconds until a silent peer counts as dead; 0: the OS's defaults
+    connect_timeout: int
+    tcp_timeout: int  # seconds until a silent peer counts as dead; 0: the OS's defaults
 
     @property
     def password(self) -> str | None:
@@ -173,12 +207,12 @@ class Settings:
     termination_log: Path
     termination_log_explicit: bool
     allow_out_of_order: bool
-    allow_empty: bool = False
-    ignore_future: bool = False
-    ddl_lock_timeout: float = 5.0
-    ddl_lock_retries: int = 5
-    statement_timeout: float = 0.0
-    await_timeout: float = 300.0
+    allow_empty: bool
+    ignore_future: bool
+    ddl_lock_timeout: float
+    ddl_lock_retries: int
+    statement_timeout: float
+    await_timeout: float
 
     @property
     def database(self) -> ConnectionSettings:
@@ -235,26 +269,25 @@ def from_env(
             raise ConfigError(f"{name}_FILE", "must be resolved by load_secret_files() first")
     connection = _connection(environ, require_database)
     log_format = _choice(
-        environ, "LOG_FORMAT", LOG_FORMATS, "text" if terminal else "json", fold=str.lower
+        environ, "LOG_FORMAT", LOG_FORMATS, fold=str.lower, default="text" if terminal else "json"
     )
-    termination_log = environ.get("TERMINATION_LOG", "")
     return Settings(
         connection=connection,
-        migrations_dir=Path(environ.get("MIGRATIONS_DIR") or DEFAULT_MIGRATIONS_DIR),
-        migrations_table=_table_name(environ.get("MIGRATIONS_TABLE") or "schema_migrations"),
-        wait_timeout=_seconds(environ, "DB_WAIT_TIMEOUT", 60.0),
-        lock_timeout=_seconds(environ, "MIGRATION_LOCK_TIMEOUT", 300.0, allow_zero=True),
+        migrations_dir=Path(_value(environ, "MIGRATIONS_DIR")),
+        migrations_table=_table_name(_value(environ, "MIGRATIONS_TABLE")),
+        wait_timeout=_seconds(environ, "DB_WAIT_TIMEOUT"),
+        lock_timeout=_seconds(environ, "MIGRATION_LOCK_TIMEOUT", allow_zero=True),
         log_format=log_format,
-        log_level=_choice(environ, "LOG_LEVEL", LOG_LEVELS, "INFO", fold=str.upper),
-        termination_log=Path(termination_log) if termination_log else DEFAULT_TERMINATION_LOG,
-        termination_log_explicit=bool(termination_log),
+        log_level=_choice(environ, "LOG_LEVEL", LOG_LEVELS, fold=str.upper),
+        termination_log=Path(_value(environ, "TERMINATION_LOG")),
+        termination_log_explicit=bool(environ.get("TERMINATION_LOG")),
         allow_out_of_order=_switch(environ, "ALLOW_OUT_OF_ORDER"),
         allow_empty=_switch(environ, "ALLOW_EMPTY"),
         ignore_future=_switch(environ, "IGNORE_FUTURE_VERSIONS"),
-        ddl_lock_timeout=_seconds(environ, "DDL_LOCK_TIMEOUT", 5.0, allow_zero=True),
-        ddl_lock_retries=_count(environ, "DDL_LOCK_RETRIES", 5),
-        statement_timeout=_seconds(environ, "STATEMENT_TIMEOUT", 0.0, allow_zero=True),
-        await_timeout=_seconds(environ, "AWAIT_TIMEOUT", 300.0, allow_zero=True),
+        ddl_lock_timeout=_seconds(environ, "DDL_LOCK_TIMEOUT", allow_zero=True),
+        ddl_lock_retries=_count(environ, "DDL_LOCK_RETRIES"),
+        statement_timeout=_seconds(environ, "STATEMENT_TIMEOUT", allow_zero=True),
+        await_timeout=_seconds(environ, "AWAIT_TIMEOUT", allow_zero=True),
     )
 
 
@@ -295,8 +328,8 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
     if "sslmode" in params and params["sslmode"] not in SSL_MODES:
         variable = "DB_SSL" if environ.get("DB_SSL") else source
         raise ConfigError(variable, f"expected one of {', '.join(SSL_MODES)}")
-    connect_timeout = _seconds(environ, "DB_CONNECT_TIMEOUT", 5.0)
-    tcp_timeout = _seconds(environ, "DB_TCP_TIMEOUT", 60.0, allow_zero=True)
+    connect_timeout = _seconds(environ, "DB_CONNECT_TIMEOUT")
+    tcp_timeout = _seconds(environ, "DB_TCP_TIMEOUT", allow_zero=True)
     return ConnectionSettings(
         params=params,
         connect_timeout=max(1, round(connect_timeout)),
@@ -351,12 +384,8 @@ def _port(variable: str, value: str) -> int:
     return int(value.split(",")[0])
 
 
-def _seconds(
-    environ: Mapping[str, str], variable: str, default: float, *, allow_zero: bool = False
-) -> float:
-    raw = environ.get(variable, "")
-    if raw == "":
-        return default
+def _seconds(environ: Mapping[str, str], variable: str, *, allow_zero: bool = False) -> float:
+    raw = _value(environ, variable)
     try:
         value = float(raw.strip().removesuffix("s"))
     except ValueError:
@@ -368,10 +397,8 @@ def _seconds(
     return value
 
 
-def _count(environ: Mapping[str, str], variable: str, default: int) -> int:
-    raw = environ.get(variable, "").strip()
-    if raw == "":
-        return default
+def _count(environ: Mapping[str, str], variable: str) -> int:
+    raw = _value(environ, variable).strip()
     if not (raw.isascii() and raw.isdigit()) or int(raw) > 1000:
         raise ConfigError(variable, f"expected a whole number from 0 to 1000; got {raw!r}")
     return int(raw)
@@ -381,13 +408,11 @@ def _choice(
     environ: Mapping[str, str],
     variable: str,
     choices: tuple[str, ...],
-    default: str,
     *,
     fold: Callable[[str], str],
+    default: str = "",
 ) -> str:
-    raw = environ.get(variable, "")
-    if raw == "":
-        return default
+    raw = environ.get(variable) or default or _DEFAULTS[variable]
     value = fold(raw.strip())
     if value not in choices:
         raise ConfigError(variable, f"expected one of {', '.join(choices)}; got {raw!r}")

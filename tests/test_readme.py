@@ -15,10 +15,33 @@ pytestmark = pytest.mark.unit
 README = (ROOT / "README.md").read_text()
 
 
-def test_every_setting_is_in_the_configuration_table() -> None:
+def _configuration_rows() -> dict[str, tuple[str, str]]:
+    """variable -> (flag cell, default cell) of README's configuration table, backticks
+    dropped; a row of two variables (`X` / `X_FILE`) gives both."""
+    section = README.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip().replace("`", "") for cell in line.strip("|").split("|")]
+        if len(cells) != 4 or not line.startswith("| `"):
+            continue
+        for name in cells[0].split(" / "):
+            rows[name] = (cells[1], cells[2])
+    return rows
+
+
+def test_the_configuration_table_is_the_settings_table() -> None:
+    """Every setting, its flag and its default as from_env and --help know them; and no row
+    for a setting the code does not have (DB_PASSWORD has no flag of its own)."""
+    rows = _configuration_rows()
     for variable in VARIABLES:
-        assert f"`{variable.name}`" in README, variable.name
-        assert f"`{variable.flag}`" in README, variable.flag
+        assert variable.name in rows, variable.name
+        flags, default = rows[variable.name]
+        assert variable.flag in flags.split(" / "), variable.name
+        if variable.default:
+            assert default == variable.default or default.startswith(f"{variable.default} "), (
+                f"{variable.name}: README says {default!r}, the code {variable.default!r}"
+            )
+    assert set(rows) == {variable.name for variable in VARIABLES} | {"DB_PASSWORD"}
 
 
 def test_the_exit_code_table_matches_the_enum() -> None:

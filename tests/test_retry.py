@@ -84,7 +84,7 @@ def test_waiting_retries_transient_failures_then_gives_up_with_the_last_error() 
         attempts.append(connect_timeout)
         raise _error('connection to server at "db", port 5432 failed: Connection refused')
 
-    settings = ConnectionSettings(params={"host": "db"}, connect_timeout=5)
+    settings = ConnectionSettings(params={"host": "db"}, connect_timeout=5, tcp_timeout=60)
     with pytest.raises(DatabaseUnreachable, match="Connection refused"):
         wait.wait_for_database(settings, deadline=3, sleep=slept.append, connect=refuse)
     assert len(attempts) == len(slept) + 1
@@ -98,7 +98,7 @@ def test_waiting_fails_at_once_on_a_bad_password() -> None:
     def reject(settings: ConnectionSettings, connect_timeout: int) -> psycopg.Connection:
         raise _error('failed: FATAL:  password authentication failed for user "app"')
 
-    settings = ConnectionSettings(params={"host": "db"})
+    settings = ConnectionSettings(params={"host": "db"}, connect_timeout=5, tcp_timeout=60)
     with pytest.raises(AuthenticationFailed):
         wait.wait_for_database(settings, deadline=60, sleep=slept.append, connect=reject)
     assert slept == []
