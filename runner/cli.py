@@ -14,12 +14,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
-import psycopg
-
 from runner import __version__, authoring, commands, logs
 from runner.config import VARIABLES, Settings, from_env, load_secret_files
 from runner.errors import (
-    DatabaseUnreachable,
     Interrupted,
     RunnerError,
     UsageError,
@@ -244,11 +241,6 @@ def main(
         _silence_stdout()
     except RunnerError as failure:
         error = failure
-    except psycopg.OperationalError as lost:  # the server went away between two statements
-        error = DatabaseUnreachable(
-            f"connection to the database lost: {' '.join(str(lost).split())}; run again: the "
-            "tracking table tells what committed"
-        )
     except Exception as bug:
         error = bug
         logs.logger.exception("internal error", extra={"event": "run.crashed"})

@@ -340,7 +340,10 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
 
     def missing_versions() -> list[int]:
         try:
-            with wait.wait_for_database(settings.database, deadline=0, sleep=sleep) as conn:
+            with (
+                wait.wait_for_database(settings.database, deadline=0, sleep=sleep) as conn,
+                db.lost_connection_reported(),
+            ):
                 applied = _applied(conn, settings)
                 durable = durability.wait_until_flushed(conn, sleep)
         except DatabaseUnreachable as unreachable:
@@ -548,10 +551,18 @@ def _refuse(problems: Sequence[RunnerError]) -> None:
         raise problems[0]
 
 
-def _connect(settings: Settings, sleep: Sleep, *, writable: bool = False) -> db.Connection:
-    return wait.wait_for_database(
-        settings.database, deadline=settings.wait_timeout, sleep=sleep, writable=writable
-    )
+@contextmanager
+def _connect(
+    settings: Settings, sleep: Sleep, *, writable: bool = False
+) -> Iterator[db.Connection]:
+    """A connection, waited for; losing it later ends the command as DatabaseUnreachable."""
+    with (
+        wait.wait_for_database(
+            settings.database, deadline=settings.wait_timeout, sleep=sleep, writable=writable
+        ) as conn,
+        db.lost_connection_reported(),
+    ):
+        yield conn
 
 
 @contextmanager

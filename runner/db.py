@@ -20,7 +20,7 @@ from psycopg.sql import SQL, Composable, Composed
 
 from runner import logs
 from runner.config import ConnectionSettings, Settings
-from runner.errors import PermissionDenied
+from runner.errors import DatabaseUnreachable, PermissionDenied
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -110,6 +110,19 @@ def _what_is_missing(denied: psycopg.Error, conn: Connection) -> str:
     else:
         advice = f"{who} lacks a privilege the runner needs"
     return f"permission denied: {message}: {advice}"
+
+
+@contextmanager
+def lost_connection_reported() -> Iterator[None]:
+    """The server or the network went away between two statements: a DatabaseUnreachable
+    (69) that says how to find out what committed, instead of a driver error."""
+    try:
+        yield
+    except psycopg.OperationalError as lost:
+        raise DatabaseUnreachable(
+            f"connection to the database lost: {' '.join(str(lost).split())}; run again: the "
+            "tracking table tells what committed"
+        ) from None
 
 
 @contextmanager
