@@ -336,9 +336,11 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
     IGNORE_FUTURE_VERSIONS."""
     files = _load(settings)
     wanted = [m.version for m in parse_files(files)]
-    state: dict[str, Any] = {"unreachable": None, "noted": False}
+    unreachable: DatabaseUnreachable | None = None  # why the last look could not read
+    noted = False
 
     def missing_versions() -> list[int]:
+        nonlocal unreachable, noted
         try:
             with (
                 wait.wait_for_database(settings.database, deadline=0, sleep=sleep) as conn,
@@ -346,13 +348,13 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
             ):
                 applied = _applied(conn, settings)
                 durable = durability.wait_until_flushed(conn, sleep)
-        except DatabaseUnreachable as unreachable:
-            state["unreachable"] = unreachable
+        except DatabaseUnreachable as failure:
+            unreachable = failure
             return wanted
-        state["unreachable"] = None
-        if not state["noted"]:
+        unreachable = None
+        if not noted:
             _note_future(files, applied, settings)
-            state["noted"] = True
+            noted = True
         running = [row for row in applied if row.status == "running"]
         problems = [
             p
@@ -392,9 +394,9 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
     try:
         policy(missing_versions)
     except tenacity.RetryError as gave_up:
-        if state["unreachable"] is not None:
+        if unreachable is not None:
             raise DatabaseUnreachable(
-                f"database not reachable within AWAIT_TIMEOUT: {state['unreachable']}"
+                f"database not reachable within AWAIT_TIMEOUT: {unreachable}"
             ) from None
         outstanding = gave_up.last_attempt.result()
         report.pending = len(outstanding)
