@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
@@ -42,6 +42,8 @@ DEFAULT_COMMAND = "up"
 # Commands that never connect.
 OFFLINE = frozenset({"new"})
 TERMINATION_MESSAGE_LIMIT = 4096
+# What a command runs: (its parsed arguments, settings, the run's report, stdout).
+_Handler = Callable[[argparse.Namespace, Settings, "commands.RunReport", IO[str]], object]
 
 
 class _StoreValue(argparse.Action):
@@ -117,28 +119,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shared = [_settings_flags()]
 
-    def command(name: str) -> argparse.ArgumentParser:
-        return commands_.add_parser(
+    def command(name: str, run: _Handler) -> argparse.ArgumentParser:
+        parser = commands_.add_parser(
             name, parents=shared, help=COMMANDS[name], description=COMMANDS[name]
         )
+        parser.set_defaults(run=run)
+        return parser
 
-    up = command("up")
+    up = command(
+        "up",
+        lambda a, settings, report, out: commands.up(
+            settings, report, single_transaction=a.single_transaction
+        ),
+    )
     up.add_argument(
         "--single-transaction", action="store_true", help="all pending migrations in one"
     )
-    down = command("down")
+    down = command(
+        "down",
+        lambda a, settings, report, out: commands.down(
+            settings, report, None if a.all else a.count or 1
+        ),
+    )
     how_many = down.add_mutually_exclusive_group()
     how_many.add_argument("count", nargs="?", type=_count, metavar="N", help="default 1")
     how_many.add_argument("--all", action="store_true", help="every applied migration")
-    command("goto").add_argument("target", type=_version, metavar="VERSION")
-    for name in ("status", "plan"):
-        command(name).add_argument("--json", action="store_true", help="print JSON")
-    command("validate").add_argument(
-        "--offline", action="store_true", help="check the files only, no database"
+    command(
+        "goto", lambda a, settings, report, out: commands.goto(settings, report, a.target)
+    ).add_argument("target", type=_version, metavar="VERSION")
+    command(
+        "status",
+        lambda a, settings, report, out: commands.status(settings, report, out, as_json=a.json),
+    ).add_argument("--json", action="store_true", help="print JSON")
+    command(
+        "plan",
+        lambda a, settings, report, out: commands.show_plan(settings, report, out, as_json=a.json),
+    ).add_argument("--json", action="store_true", help="print JSON")
+    command(
+        "validate",
+        lambda a, settings, report, out: commands.validate(settings, report, offline=a.offline),
+    ).add_argument("--offline", action="store_true", help="check the files only, no database")
+    command(
+        "new", lambda a, settings, report, out: authoring.new(settings, a.name, out)
+    ).add_argument("name", metavar="NAME", help="snake_case, e.g. add_orders")
+    command(
+        "baseline", lambda a, settings, report, out: commands.baseline(settings, report, a.target)
+    ).add_argument("target", type=_version, metavar="VERSION")
+    repair = command(
+        "repair",
+        lambda a, settings, report, out: commands.repair(
+            settings, report, update_checksums=a.update_checksums, only_version=a.only_version
+        ),
     )
-    command("new").add_argument("name", metavar="NAME", help="snake_case, e.g. add_orders")
-    command("baseline").add_argument("target", type=_version, metavar="VERSION")
-    repair = command("repair")
     repair.add_argument(
         "--update-checksums", action="store_true", help="accept edited applied files"
     )
@@ -149,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="repair this version only",
     )
-    for name in ("adopt", "await", "wait"):
-        command(name)
+    command("adopt", lambda a, settings, report, out: commands.adopt(settings, report))
+    command("await", lambda a, settings, report, out: commands.await_schema(settings, report))
+    command("wait", lambda a, settings, report, out: commands.wait_only(settings))
     return parser
 
 
@@ -232,7 +265,7 @@ def main(
         logs.configure(
             log_format=settings.log_format, level=settings.log_level, secrets=settings.secrets
         )
-        _run(arguments, settings, report, out)
+        arguments.run(arguments, settings, report, out)
         out.flush()  # here, where a closed pipe is caught, not at exit
     except KeyboardInterrupt:
         error = Interrupted(signals.received or signal.SIGINT, report.in_flight)
@@ -249,41 +282,6 @@ def main(
     code = exit_code_for(error) if error else ExitCode.OK
     _finish(code, error, report, settings)
     return int(code)
-
-
-def _run(
-    arguments: argparse.Namespace, settings: Settings, report: commands.RunReport, out: IO[str]
-) -> None:
-    command = arguments.command
-    if command == "up":
-        commands.up(settings, report, single_transaction=arguments.single_transaction)
-    elif command == "down":
-        commands.down(settings, report, None if arguments.all else arguments.count or 1)
-    elif command == "goto":
-        commands.goto(settings, report, arguments.target)
-    elif command == "baseline":
-        commands.baseline(settings, report, arguments.target)
-    elif command == "repair":
-        commands.repair(
-            settings,
-            report,
-            update_checksums=arguments.update_checksums,
-            only_version=arguments.only_version,
-        )
-    elif command == "adopt":
-        commands.adopt(settings, report)
-    elif command == "await":
-        commands.await_schema(settings, report)
-    elif command == "new":
-        authoring.new(settings, arguments.name, out)
-    elif command == "status":
-        commands.status(settings, report, out, as_json=arguments.json)
-    elif command == "plan":
-        commands.show_plan(settings, report, out, as_json=arguments.json)
-    elif command == "validate":
-        commands.validate(settings, report, offline=arguments.offline)
-    else:
-        commands.wait_only(settings)
 
 
 def _finish(
