@@ -19,6 +19,14 @@ class RunnerError(Exception):
         return {}
 
 
+class CheckFailed(RunnerError):
+    """A quality gate found something: lint errors, a verify mismatch, drift. Its findings were
+    printed; this is the run's one-line verdict."""
+
+    event = "check.failed"
+    exit_code = ExitCode.CHECK_FAILED
+
+
 class UsageError(RunnerError):
     """Unknown command or flag."""
 

@@ -9,6 +9,7 @@ class ExitCode(IntEnum):
     """Process exit status, in the BSD sysexits tradition, and what an orchestrator should do."""
 
     OK = 0  # applied, or nothing pending: go on
+    CHECK_FAILED = 1  # a quality gate found something: lint errors, verify mismatch, drift: fail
     USAGE = 64  # unknown command or flag: fail
     MIGRATION_FAILED = 65  # a migration's SQL failed and its transaction rolled back: fail
     INVALID_MIGRATIONS = (
