@@ -20,9 +20,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 
 # Dependencies first, from the pins in pyproject.toml, so that a change to the code
-# alone does not reinstall them (layer cache).
+# alone does not reinstall them (layer cache). The cloud-identity extras (aws, gcp) too.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['aws'] + p['optional-dependencies']['gcp']))" > requirements.txt \
     && python -m venv /opt/venv \
     && /opt/venv/bin/python -m pip install --no-cache-dir --requirement requirements.txt \
     && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel \

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -42,6 +43,7 @@ DEFAULT_COMMAND = "up"
 # Commands that never connect.
 OFFLINE = frozenset({"new"})
 TERMINATION_MESSAGE_LIMIT = 4096
+PROXY_QUIT_TIMEOUT = 3.0  # seconds; the pod is ending either way
 # What a command runs: (its parsed arguments, settings, the run's report, stdout).
 _Handler = Callable[[argparse.Namespace, Settings, "commands.RunReport", IO[str]], object]
 
@@ -280,8 +282,29 @@ def main(
     finally:
         signals.restore()
     code = exit_code_for(error) if error else ExitCode.OK
+    _quit_proxy(settings.proxy_quit_url if settings else environ.get("PROXY_QUIT_URL", ""))
     _finish(code, error, report, settings)
     return int(code)
+
+
+def _quit_proxy(url: str | None) -> None:
+    """Stop a proxy sidecar (cloud-sql-proxy's /quitquitquit), whatever the outcome: a Job whose
+    sidecar keeps running never completes."""
+    if not url or not url.startswith(("http://", "https://")):
+        return
+    try:
+        request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 (http(s) only)
+        with urllib.request.urlopen(request, timeout=PROXY_QUIT_TIMEOUT) as answer:  # noqa: S310
+            status = answer.status
+    except (OSError, ValueError) as failure:
+        logs.event(
+            logging.WARNING,
+            "proxy.quit_failed",
+            f"could not tell the proxy at PROXY_QUIT_URL to quit: {failure}",
+            url=url,
+        )
+        return
+    logs.event(logging.INFO, "proxy.quit", "told the proxy sidecar to quit", url=url, status=status)
 
 
 def _finish(
@@ -323,7 +346,7 @@ def _write_termination_message(summary: dict[str, object], settings: Settings | 
     path = settings.termination_log
     if not settings.termination_log_explicit and not path.exists():
         return
-    redact = logs.Redactor(settings.secrets)
+    redact = logs.Redactor([*settings.secrets, *logs.minted_secrets()])
     text = json.dumps(redact.value(summary), default=str)
     while len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
         error = str(summary.get("error") or "")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,11 @@ from runner.logs import Redactor
 APPLICATION_NAME = "migration-runner"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 LOG_FORMATS = ("json", "text")
+PASSWORD_AUTH = "password"  # noqa: S105 (the name of a method, not a password)
+AWS_RDS_IAM = "aws-rds-iam"
+GCP_CLOUDSQL_IAM = "gcp-cloudsql-iam"
+AUTH_METHODS = (PASSWORD_AUTH, AWS_RDS_IAM, GCP_CLOUDSQL_IAM)
+_TLS_MODES = ("require", "verify-ca", "verify-full")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Variables whose value is a secret and which may be given as a file instead (`NAME_FILE`).
 SECRET_VARIABLES = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "DB_PASSWORD", "DB_USER")
@@ -67,6 +73,17 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DB_USER_FILE", "--db-user-file", "file holding DB_USER"),
     # No --db-password: a password on a command line is visible to every process on the host.
     Variable("DB_PASSWORD_FILE", "--db-password-file", "file holding the password"),
+    Variable(
+        "DB_AUTH",
+        "--db-auth",
+        "how the password is made: " + ", ".join(AUTH_METHODS) + " (a token per attempt)",
+        PASSWORD_AUTH,
+    ),
+    Variable(
+        "DB_PASSWORD_COMMAND",
+        "--db-password-command",
+        "a command (argv, no shell) whose output is the password, run before every attempt",
+    ),
     Variable("DB_SSL", "--db-ssl", "libpq sslmode: " + ", ".join(SSL_MODES)),
     Variable("DB_SSL_ROOT_CERT", "--db-ssl-root-cert", "CA certificate file for verify-ca/full"),
     Variable(
@@ -100,6 +117,11 @@ VARIABLES: tuple[Variable, ...] = (
         "--termination-log",
         "summary file, written by default only if it exists",
         "/dev/termination-log",
+    ),
+    Variable(
+        "PROXY_QUIT_URL",
+        "--proxy-quit-url",
+        "POSTed to when the runner exits, to stop a proxy sidecar (cloud-sql-proxy's quitquitquit)",
     ),
     Variable(
         "ALLOW_OUT_OF_ORDER",
@@ -153,6 +175,9 @@ class ConnectionSettings:
     params: Mapping[str, str] = field(repr=False)
     connect_timeout: int
     tcp_timeout: int  # seconds until a silent peer counts as dead; 0: the OS's defaults
+    auth: str = PASSWORD_AUTH  # or an IAM method: a token minted per attempt (credentials.py)
+    password_command: tuple[str, ...] = ()
+    region: str | None = None  # AWS_REGION, for aws-rds-iam
 
     @property
     def password(self) -> str | None:
@@ -213,6 +238,7 @@ class Settings:
     ddl_lock_retries: int
     statement_timeout: float
     await_timeout: float
+    proxy_quit_url: str | None
 
     @property
     def database(self) -> ConnectionSettings:
@@ -288,6 +314,7 @@ def from_env(
         ddl_lock_retries=_count(environ, "DDL_LOCK_RETRIES"),
         statement_timeout=_seconds(environ, "STATEMENT_TIMEOUT", allow_zero=True),
         await_timeout=_seconds(environ, "AWAIT_TIMEOUT", allow_zero=True),
+        proxy_quit_url=_quit_url(environ),
     )
 
 
@@ -328,13 +355,77 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
     if "sslmode" in params and params["sslmode"] not in SSL_MODES:
         variable = "DB_SSL" if environ.get("DB_SSL") else source
         raise ConfigError(variable, f"expected one of {', '.join(SSL_MODES)}")
+    auth = _choice(environ, "DB_AUTH", AUTH_METHODS, fold=str.lower)
+    command = _password_command(environ, params, auth)
+    region = _iam_checks(environ, params, auth)
     connect_timeout = _seconds(environ, "DB_CONNECT_TIMEOUT")
     tcp_timeout = _seconds(environ, "DB_TCP_TIMEOUT", allow_zero=True)
     return ConnectionSettings(
         params=params,
         connect_timeout=max(1, round(connect_timeout)),
         tcp_timeout=max(1, round(tcp_timeout)) if tcp_timeout else 0,
+        auth=auth,
+        password_command=command,
+        region=region,
     )
+
+
+def _password_command(
+    environ: Mapping[str, str], params: Mapping[str, str], auth: str
+) -> tuple[str, ...]:
+    raw = environ.get("DB_PASSWORD_COMMAND", "")
+    if not raw.strip():
+        return ()
+    try:
+        argv = tuple(shlex.split(raw))
+    except ValueError as error:
+        raise ConfigError(
+            "DB_PASSWORD_COMMAND", f"cannot split it into arguments: {error}"
+        ) from None
+    if auth != PASSWORD_AUTH:
+        raise ConfigError("DB_PASSWORD_COMMAND", f"set it or DB_AUTH={auth}, not both")
+    if params.get("password"):
+        raise ConfigError(
+            "DB_PASSWORD_COMMAND",
+            "a password is set too (DB_PASSWORD or in the URL): keep one source of it",
+        )
+    return argv
+
+
+def _iam_checks(environ: Mapping[str, str], params: Mapping[str, str], auth: str) -> str | None:
+    """An IAM token replaces the password and, for RDS, is only accepted over TLS."""
+    if auth == PASSWORD_AUTH:
+        return None
+    if params.get("password"):
+        raise ConfigError(
+            "DB_AUTH",
+            f"{auth} makes the password: remove DB_PASSWORD and the URL's password",
+        )
+    if not params.get("user"):
+        raise ConfigError("DB_AUTH", f"{auth} needs the database user (DB_USER or the URL's)")
+    if auth != AWS_RDS_IAM:
+        return None
+    if params.get("sslmode") not in _TLS_MODES:
+        raise ConfigError(
+            "DB_SSL",
+            f"aws-rds-iam sends its token only over TLS: set DB_SSL to {', '.join(_TLS_MODES)} "
+            "(verify-full with the RDS CA bundle in DB_SSL_ROOT_CERT is best)",
+        )
+    if "," in params.get("host", ","):
+        raise ConfigError("DB_AUTH", "aws-rds-iam needs exactly one DB_HOST: a token is per host")
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise ConfigError("AWS_REGION", "aws-rds-iam needs the database's region in AWS_REGION")
+    return region
+
+
+def _quit_url(environ: Mapping[str, str]) -> str | None:
+    raw = environ.get("PROXY_QUIT_URL", "").strip()
+    if not raw:
+        return None
+    if not re.match(r"https?://[^/\s]+", raw):
+        raise ConfigError("PROXY_QUIT_URL", f"expected an http:// or https:// URL, got {raw!r}")
+    return raw
 
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")

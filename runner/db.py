@@ -18,7 +18,7 @@ from psycopg.pq.abc import PGresult
 from psycopg.rows import TupleRow
 from psycopg.sql import SQL, Composable, Composed
 
-from runner import logs
+from runner import credentials, logs
 from runner.config import ConnectionSettings, Settings
 from runner.errors import DatabaseUnreachable, PermissionDenied
 
@@ -35,7 +35,12 @@ def connect(
 ) -> Connection:
     """One dedicated autocommit connection; transactions are opened explicitly. Nothing is
     prepared on the server: the runner's session reset deallocates whatever a migration left."""
-    conn = psycopg.connect(autocommit=True, **_connection(settings).kwargs(connect_timeout))
+    connection = _connection(settings)
+    kwargs = connection.kwargs(connect_timeout)
+    password = credentials.password(connection)
+    if password is not None:
+        kwargs["password"] = password
+    conn = psycopg.connect(autocommit=True, **kwargs)
     conn.prepare_threshold = None
     return conn
 

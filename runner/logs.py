@@ -31,12 +31,17 @@ class Redactor:
     password. Keys and event names are never touched (see `value`)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        """More values to remove: credentials minted while the run goes on (IAM tokens)."""
+        self._secrets.extend(secret for secret in secrets if secret)
         long: set[str] = set()
         short: set[str] = set()
-        for secret in secrets:
-            if secret:
-                forms = {secret, json.dumps(secret, ensure_ascii=False)[1:-1]}
-                (short if len(secret) <= SHORT_SECRET else long).update(forms)
+        for secret in self._secrets:
+            forms = {secret, json.dumps(secret, ensure_ascii=False)[1:-1]}
+            (short if len(secret) <= SHORT_SECRET else long).update(forms)
         self._forms = sorted(long, key=len, reverse=True)
         self._tokens = (
             re.compile(
@@ -78,7 +83,7 @@ class _JsonLines(JsonFormatter):
             rename_fields={"levelname": "log.level"},
             timestamp="@timestamp",
         )
-        self._redact = redact
+        self.redact = redact
 
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
@@ -91,7 +96,7 @@ class _JsonLines(JsonFormatter):
         log_data.update(head, **rest, **fields)
         for key, value in log_data.items():
             if key not in _UNREDACTED:
-                log_data[key] = self._redact.value(value)
+                log_data[key] = self.redact.value(value)
 
 
 class _TextLines(logging.Formatter):
@@ -99,15 +104,15 @@ class _TextLines(logging.Formatter):
 
     def __init__(self, redact: Redactor) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
-        self._redact = redact
+        self.redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
-        line = " ".join(self._redact(super().format(record)).split())  # one line, always
+        line = " ".join(self.redact(super().format(record)).split())  # one line, always
         extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD_FIELDS}
         event = extras.pop("event", None)
         extras.update(extras.pop("fields", None) or {})
         fields = " ".join(
-            f"{k}={json.dumps(self._redact.value(v), default=str)}" for k, v in extras.items()
+            f"{k}={json.dumps(self.redact.value(v), default=str)}" for k, v in extras.items()
         )
         text = f"{line} [{event}]" if event else line
         return f"{text} {fields}".rstrip()
@@ -117,7 +122,7 @@ def configure(
     *, log_format: str, level: str, secrets: Iterable[str] = (), stream: IO[str] | None = None
 ) -> Redactor:
     """Send the runner's records to `stream` (stderr) in the chosen format."""
-    redact = Redactor(secrets)
+    redact = Redactor([*secrets, *_minted])
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_JsonLines(redact) if log_format == "json" else _TextLines(redact))
     logger.handlers[:] = [handler]
@@ -131,6 +136,25 @@ def configure(
         foreign.setLevel(logging.WARNING)
         foreign.propagate = False
     return redact
+
+
+_minted: list[str] = []  # secrets made during the run, for every Redactor made after them
+
+
+def add_secret(secret: str) -> None:
+    """A secret made during the run (an IAM token, a password command's output): removed from
+    every log line and from the termination message from now on."""
+    if not secret or secret in _minted:
+        return
+    _minted.append(secret)
+    for handler in logger.handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, (_JsonLines, _TextLines)):
+            formatter.redact.add(secret)
+
+
+def minted_secrets() -> tuple[str, ...]:
+    return tuple(_minted)
 
 
 def event(level: int, event_name: str, message: str, /, **fields: Any) -> None:

@@ -11,7 +11,7 @@ import psycopg
 import tenacity
 from psycopg import sql
 
-from runner import db, logs, retry
+from runner import credentials, db, logs, retry
 from runner.config import ConnectionSettings
 from runner.errors import (
     AuthenticationFailed,
@@ -154,6 +154,8 @@ def wait_for_database(
                     conn = connect(settings, connect_timeout=timeout)
                 except psycopg.OperationalError as error:
                     raise classify(error) from None
+                except credentials.CredentialsUnavailable as error:
+                    raise TransientConnectError(str(error)) from None
                 if writable:
                     _refuse_read_only(conn)
                 connected.append(conn)
