@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import sys
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -292,6 +291,8 @@ def _quit_proxy(url: str | None) -> None:
     sidecar keeps running never completes."""
     if not url or not url.startswith(("http://", "https://")):
         return
+    import urllib.request  # here: 30 ms of imports that only this needs
+
     try:
         request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 (http(s) only)
         with urllib.request.urlopen(request, timeout=PROXY_QUIT_TIMEOUT) as answer:  # noqa: S310
