@@ -291,7 +291,8 @@ def _complete_statements(text: str, *, at_end: bool) -> list[tuple[int, int]] | 
             slices = parser.split(text[:limit], with_parser=False, only_slices=True)
         except parser.ParseError:
             slices = ()
-    spans = _join_atomic_bodies(text, [(s.start, s.stop) for s in slices], at_end=at_end)
+    spans = _with_dropped(text, [(s.start, s.stop) for s in slices], limit)
+    spans = _join_atomic_bodies(text, spans, at_end=at_end)
     last_is_whole = at_end and error is None
     whole = [
         (start, stop)
@@ -303,6 +304,46 @@ def _complete_statements(text: str, *, at_end: bool) -> list[tuple[int, int]] | 
     if error is not None and at_end:
         raise ScriptSyntaxError(text.count("\n", 0, error[1]) + 1, error[0])
     return None
+
+
+def _with_dropped(text: str, spans: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """The lexer's split leaves out a statement that does not begin with a keyword (a typo such
+    as `SELEC 1`, or `foo;`), which must reach the server and fail there, not vanish: what lies
+    between two of its statements becomes statements too."""
+    filled: list[tuple[int, int]] = []
+    position = 0
+    for start, stop in [*spans, (limit, limit)]:
+        if start > position:
+            filled.extend(_statements_between(text, position, start))
+        if start < limit:
+            filled.append((start, stop))
+        position = _past_semicolon(text, stop)
+    return filled
+
+
+def _statements_between(text: str, begin: int, end: int) -> list[tuple[int, int]]:
+    from pglast import parser
+
+    if not text[begin:end].strip():
+        return []
+    try:
+        tokens = parser.scan(text[begin:end])
+    except parser.ParseError:
+        return [(begin, end)]  # the server will say what is wrong with it
+    found: list[tuple[int, int]] = []
+    first: int | None = None
+    for token in tokens:
+        if token.name in ("SQL_COMMENT", "C_COMMENT"):
+            continue
+        if token.name == "ASCII_59":
+            if first is not None:
+                found.append((begin + first, begin + token.start))
+            first = None
+        elif first is None:
+            first = token.start
+    if first is not None:
+        found.append((begin + first, end))
+    return found
 
 
 _ROUTINE = re.compile(r"create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.IGNORECASE)

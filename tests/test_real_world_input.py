@@ -513,3 +513,26 @@ def test_a_pg_dump_of_a_database_applies_as_a_migration(
     ]
     assert query(database_url, "SELECT two()") == [(2,)]
     assert recorded(database_url) == [(1, "applied")]
+
+
+@pytest.mark.parametrize("how", ["no-transaction", "streamed"])
+def test_a_typo_that_is_not_a_keyword_fails_instead_of_being_skipped(
+    database_url: str, migrations_dir: Path, how: str
+) -> None:
+    """`SELEC 1` starts with no keyword, which PostgreSQL's lexer-based split leaves out: run
+    statement by statement, it would be skipped and the file recorded as applied."""
+    head = "-- migrate:no-transaction\n" if how == "no-transaction" else ""
+    padding = (
+        ""
+        if how == "no-transaction"
+        else "".join(f"INSERT INTO a VALUES ({i});\n" for i in range(60_000))
+    )  # over 1 MiB: streamed in batches
+    sql = f"{head}CREATE TABLE a (id int);\n{padding}SELEC 1;\nCREATE TABLE b (id int);\n"
+    write_migration(migrations_dir, "1_typo.up.sql", sql)
+    done = run(database_url, migrations_dir)
+    assert done.code == ExitCode.MIGRATION_FAILED, done.stderr
+    typo_line = sql.count("\n", 0, sql.index("SELEC 1")) + 1
+    assert f"1_typo.up.sql line {typo_line}" in done.stderr
+    assert "public.b" not in relations(database_url)
+    if how == "streamed":
+        assert "public.a" not in relations(database_url)

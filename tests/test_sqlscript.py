@@ -56,6 +56,21 @@ def test_begin_atomic_bodies_hide_semicolons() -> None:
     assert lines(script) == [1, 6]
 
 
+def test_a_statement_that_does_not_begin_with_a_keyword_is_kept_for_the_server() -> None:
+    """The lexer's own split leaves out `SELEC 1` (a typo), which would then never run: it
+    must reach the server and fail there."""
+    text = "CREATE TABLE a ();\nSELEC 1;\n-- c\nfoo $$x;y$$; /* z */ SELECT 2;\nVACUM"
+    statements = split(text)
+    assert [(s.text, s.line, s.column) for s in statements] == [
+        ("CREATE TABLE a ()", 1, 1),
+        ("SELEC 1", 2, 1),
+        ("foo $$x;y$$", 4, 1),
+        ("SELECT 2", 4, 22),
+        ("VACUM", 5, 1),
+    ]
+    assert [unit[3] for unit in read_in_pieces(text, 3)] == [s.text for s in statements]
+
+
 def test_line_of_offset() -> None:
     assert line_of("a\nb\nc", 0) == 1
     assert line_of("a\nb\nc", 4) == 3
@@ -65,6 +80,7 @@ def test_line_of_offset() -> None:
 
 FRAGMENTS = [
     "SELECT 1;",
+    "SELEC 1;",
     "SELECT 'a;b', E'c\\';d', \"e;f\";",
     "-- note; here\n",
     "/* block; /* nested; */ */",
