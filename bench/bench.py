@@ -241,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads: list[Workload] = []
     memory: MemoryResult | None = None
     ctx: Context | None = None
+    crashed = False
     try:
         with interrupts_as_keyboard_interrupt():
             server = Server(args.server, checkpoint=not args.no_checkpoint)
@@ -273,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as error:
         progress(f"error: {error}")
         return 2
+    except Exception:
+        crashed = True  # a bug of the benchmark's: keep the logs for its traceback
+        raise
     finally:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C must not stop us
         try:
@@ -283,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if left:
                     progress(f"could not drop: {', '.join(left)}")
                 server.close()
-            if args.keep_logs or (ctx is not None and ctx.correctness):
+            if args.keep_logs or crashed or (ctx is not None and ctx.correctness):
                 progress(f"kept {root} (logs of every run)")
             else:
                 shutil.rmtree(root, ignore_errors=True)
