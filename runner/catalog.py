@@ -185,7 +185,9 @@ WHERE c.relkind IN ('v', 'm') AND {_where("n", "c.oid", "pg_class")}""",
        ELSE pg_get_functiondef(p.oid) END AS "definition",
        obj_description(p.oid, 'pg_proc') AS "comment"
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-WHERE {_where("n", "p.oid", "pg_proc")}""",
+WHERE {_where("n", "p.oid", "pg_proc")}
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                  AND d.objid = p.oid AND d.deptype = 'i')""",
     "trigger": f"""SELECT n.nspname || '.' || c.relname || '.' || g.tgname AS key,
        n.nspname || '.' || c.relname AS "table",
        pg_get_triggerdef(g.oid) AS "definition",
@@ -202,7 +204,6 @@ KINDS: tuple[str, ...] = tuple(_QUERIES)
 # Properties that name the object an object belongs to: excluded with it, and not reported
 # again when it is added or missing as a whole.
 _PARENT_PROPERTIES = {"table": "table", "domain": "type"}
-_NOT_IN_A_SCHEMA = ("schema", "extension")
 
 _SEARCH_PATH = sql.SQL("SELECT current_setting('search_path')")
 # Every name in every definition schema-qualified, whatever the session's search_path.
@@ -233,10 +234,8 @@ def _snapshot(conn: db.Connection, exclude_tables: Collection[str]) -> Catalog:
     row = db.execute(conn, _SEARCH_PATH).fetchone()
     path = str(row[0]) if row else ""
     db.execute(conn, _SET_SEARCH_PATH, {"path": "pg_catalog"})
-    try:
-        found = {kind: _read(conn, query) for kind, query in _QUERIES.items()}
-    finally:
-        db.execute(conn, _SET_SEARCH_PATH, {"path": path})
+    found = {kind: _read(conn, query) for kind, query in _QUERIES.items()}
+    db.execute(conn, _SET_SEARCH_PATH, {"path": path})  # the caller's, for the rest of its work
     excluded = {("table", name) for name in exclude_tables}
     return {
         kind: {
@@ -363,9 +362,13 @@ def _excerpts(before: Value, after: Value) -> tuple[str, str]:
 
 
 def _cut(text: str, start: int, end: int) -> str:
-    """The part of `text` that differs, with some context; `...` where it is cut."""
+    """Where `text` starts to differ, with some context; `...` where it is cut."""
     first = max(0, start - CONTEXT)
-    last = min(len(text), len(text) - end + CONTEXT)
+    if first:  # from the start of a word, when one is near
+        near = max(0, first - CONTEXT)
+        space = max(text.rfind(" ", near, first), text.rfind("\n", near, first))
+        first = space + 1 if space >= 0 else first
+    last = min(len(text), len(text) - end + CONTEXT, first + CONTEXT + LONG)
     shown = json.dumps(text[first:last], ensure_ascii=False)
     return ("..." if first else "") + shown + ("..." if last < len(text) else "")
 
