@@ -2,8 +2,10 @@
 
 k8s/job.yaml and the Helm chart (k8s/chart) carry a Job podFailurePolicy whose FailJob list
 must be exactly the codes a person must act on, and whose retry (Count) list exactly the
-retryable ones. The chart keeps both lists in one place, values.yaml `exitCodes`; when `helm`
-is on PATH (or HELM names it), the rendered Jobs are checked as well.
+retryable ones. A fleet's Indexed Job (k8s/fleet-job.yaml, the chart with fleet.enabled) has
+FailIndex where the others have FailJob: a shard that needs a person fails alone. The chart
+keeps both lists in one place, values.yaml `exitCodes`; when `helm` is on PATH (or HELM names
+it), the rendered Jobs are checked as well.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def _exit_code_rule(job: Doc, action: str) -> tuple[int, list[int]]:
 
 
 def _assert_job_mirrors_enum(job: Doc) -> None:
-    fail_at, fail_codes = _exit_code_rule(job, "FailJob")
+    indexed = job["spec"].get("completionMode") == "Indexed"
+    fail_at, fail_codes = _exit_code_rule(job, "FailIndex" if indexed else "FailJob")
     count_at, retry_codes = _exit_code_rule(job, "Count")
     assert fail_codes == NON_RETRYABLE
     assert retry_codes == RETRYABLE
@@ -112,6 +115,55 @@ def test_plain_job_mirrors_exit_codes() -> None:
     jobs = _jobs((K8S / "job.yaml").read_text(encoding="utf-8"))
     assert len(jobs) == 1
     _assert_job_mirrors_enum(jobs[0])
+
+
+def _env(job: Doc) -> dict[str, str]:
+    (migrate,) = [
+        c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == CONTAINER
+    ]
+    return {e["name"]: e.get("value") for e in migrate.get("env", [])}
+
+
+def _assert_indexed_job_of_shards(job: Doc) -> None:
+    """One completion per shard: SHARDS equals completions, each index retried on its own;
+    JOB_COMPLETION_INDEX is Kubernetes' to set."""
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    env = _env(job)
+    assert int(env["SHARDS"]) == spec["completions"]
+    assert "JOB_COMPLETION_INDEX" not in env
+    assert "backoffLimit" not in spec
+    assert isinstance(spec["backoffLimitPerIndex"], int)
+    assert 0 <= spec["maxFailedIndexes"] <= spec["completions"]
+    assert 1 <= spec["parallelism"] <= spec["completions"]
+    assert ("TARGETS_FILE" in env) != ("TARGETS_QUERY" in env)
+
+
+def test_fleet_job_is_an_indexed_job_of_shards(tmp_path: Path) -> None:
+    from runner import fleet
+    from runner.config import from_env
+
+    jobs = _jobs((K8S / "fleet-job.yaml").read_text(encoding="utf-8"))
+    assert len(jobs) == 1
+    _assert_job_mirrors_enum(jobs[0])
+    _assert_indexed_job_of_shards(jobs[0])
+    # The example targets parse as the runner reads them, mounted where TARGETS_FILE says.
+    (example,) = _documents((K8S / "fleet-targets.example.yaml").read_text(encoding="utf-8"))
+    pod = jobs[0]["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "targets"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "targets"]
+    assert volume["configMap"]["name"] == example["metadata"]["name"]
+    (item,) = volume["configMap"]["items"]
+    assert _env(jobs[0])["TARGETS_FILE"] == f"{mount['mountPath']}/{item['path']}"
+    targets = tmp_path / item["path"]
+    targets.write_text(example["data"][item["key"]], encoding="utf-8")
+    settings = from_env({"DATABASE_URL": "postgresql://app@db/app", "TARGETS_FILE": str(targets)})
+    assert [t.kind for t in fleet.targets_from_file(targets, settings)] == [
+        "schema",
+        "schema",
+        "schema",
+        "database",
+    ]
 
 
 def test_plain_deployment_init_container_only_awaits_the_schema() -> None:
@@ -159,6 +211,12 @@ def test_rendered_chart_job_mirrors_exit_codes(values_file: str) -> None:
     jobs = _jobs(rendered)
     assert len(jobs) == 1
     _assert_job_mirrors_enum(jobs[0])
+    values = yaml.safe_load((CHART / "ci" / values_file).read_text(encoding="utf-8"))
+    if values.get("fleet", {}).get("enabled"):
+        _assert_indexed_job_of_shards(jobs[0])
+        assert jobs[0]["spec"]["completions"] == values["fleet"]["shards"]
+    else:
+        assert "completionMode" not in jobs[0]["spec"]
     for deployment in (d for d in _documents(rendered) if d.get("kind") == "Deployment"):
         inits = deployment["spec"]["template"]["spec"]["initContainers"]
         assert all(c["args"] == ["await"] for c in inits)
