@@ -19,7 +19,7 @@ import psycopg
 import tenacity
 from psycopg import sql
 
-from runner import db, durability, indexes, locate, logs, retry, sqlscript
+from runner import db, durability, indexes, locate, logs, retry, sqlscript, stopping
 from runner.blockers import BlockerProbe
 from runner.config import Settings
 from runner.errors import (
@@ -137,6 +137,7 @@ class Applier:
         steps = [_Step(migration, migration.up, Direction.UP) for migration in migrations]
         for step in steps:
             step.file.shape  # noqa: B018 (refused before anything runs)
+        stopping.check()
         for step in steps:
             logs.event(
                 logging.INFO,
@@ -190,6 +191,7 @@ class Applier:
     # -- one migration ------------------------------------------------------------------------
 
     def _run(self, step: _Step) -> None:
+        stopping.check()  # a fleet target's thread, which no signal reaches, stops here
         logs.event(
             logging.INFO, "migration.started", f"running {step.file.filename}", **step.fields
         )

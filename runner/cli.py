@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
-from runner import __version__, authoring, commands, logs
+from runner import __version__, authoring, commands, fleet, gates, logs, stopping
 from runner.config import VARIABLES, Settings, from_env, load_secret_files
 from runner.errors import (
     Interrupted,
@@ -37,6 +37,9 @@ COMMANDS = {
     "adopt": "take over golang-migrate's or dbmate's schema_migrations",
     "await": "read-only: wait until every migration in the image is applied",
     "wait": "only wait until the database accepts connections",
+    "verify": "apply each migration up, down and up again on a scratch database; compare schemas",
+    "drift": "replay the applied migrations on a scratch database; compare with the live schema",
+    "lint": "check the files for locks, rewrites, breaking changes and conventions (no database)",
 }
 DEFAULT_COMMAND = "up"
 # Commands that never connect.
@@ -108,6 +111,13 @@ def _settings_flags() -> _Parser:
     return flags
 
 
+def _gate_handler(gate: Callable[..., None]) -> _Handler:
+    def run(a: argparse.Namespace, settings: Settings, report: Any, out: IO[str]) -> None:
+        gate(settings, out, keep=a.keep, as_json=a.json)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One subcommand each, with its own flags and --help; the settings' flags on all."""
     parser = _Parser(
@@ -152,10 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         lambda a, settings, report, out: commands.status(settings, report, out, as_json=a.json),
     ).add_argument("--json", action="store_true", help="print JSON")
-    command(
+    plan = command(
         "plan",
-        lambda a, settings, report, out: commands.show_plan(settings, report, out, as_json=a.json),
-    ).add_argument("--json", action="store_true", help="print JSON")
+        lambda a, settings, report, out: commands.show_plan(
+            settings, report, out, as_json=a.json, locks=a.locks
+        ),
+    )
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.add_argument(
+        "--locks",
+        action="store_true",
+        help="per pending statement: the table lock it takes, what that blocks, rewrites, "
+        "scans, and the table's estimated rows and size",
+    )
     command(
         "validate",
         lambda a, settings, report, out: commands.validate(settings, report, offline=a.offline),
@@ -182,6 +201,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="repair this version only",
     )
+    lint = command(
+        "lint",
+        lambda a, settings, report, out: gates.lint_migrations(
+            settings,
+            out,
+            paths=a.files,
+            output_format=a.format,
+            since=a.since,
+            pending=a.pending,
+        ),
+    )
+    lint.add_argument("files", nargs="*", metavar="FILE", help="report on these files only")
+    lint.add_argument("--format", choices=gates.LINT_FORMATS, default="text", help="default text")
+    which = lint.add_mutually_exclusive_group()
+    which.add_argument(
+        "--since", type=_version, metavar="VERSION", help="report on versions above VERSION"
+    )
+    which.add_argument(
+        "--pending", action="store_true", help="report on what `up` would run (reads the database)"
+    )
+    for name, gate in (("verify", gates.verify_down_files), ("drift", gates.find_drift)):
+        checked = command(name, _gate_handler(gate))
+        checked.add_argument("--json", action="store_true", help="print JSON")
+        checked.add_argument(
+            "--keep", action="store_true", help="keep the scratch database for inspection"
+        )
     command("adopt", lambda a, settings, report, out: commands.adopt(settings, report))
     command("await", lambda a, settings, report, out: commands.await_schema(settings, report))
     command("wait", lambda a, settings, report, out: commands.wait_only(settings))
@@ -238,6 +283,7 @@ class _Signals:
         if self.received is not None:
             return  # already stopping; a second signal must not interrupt the rollback
         self.received = signum
+        stopping.request(signum)  # a fleet's threads, which no signal reaches
         raise KeyboardInterrupt
 
 
@@ -260,13 +306,14 @@ def main(
         report.command = arguments.command
         merged = load_secret_files(environment_with_flags(arguments, environ))
         needs_database = arguments.command not in OFFLINE and not (
-            arguments.command == "validate" and arguments.offline
+            (arguments.command == "validate" and arguments.offline)
+            or (arguments.command == "lint" and not arguments.pending)
         )
         settings = from_env(merged, require_database=needs_database, terminal=terminal)
         logs.configure(
             log_format=settings.log_format, level=settings.log_level, secrets=settings.secrets
         )
-        arguments.run(arguments, settings, report, out)
+        fleet.run(arguments, settings, report, out)  # arguments.run, once or per target
         out.flush()  # here, where a closed pipe is caught, not at exit
     except KeyboardInterrupt:
         error = Interrupted(signals.received or signal.SIGINT, report.in_flight)
@@ -330,6 +377,8 @@ def _finish(
         "failed_version": fields.get("version"),
         "error": str(error) if error else None,
     }
+    if report.fleet is not None:
+        summary["fleet"] = report.fleet
     _write_termination_message(dict(summary), settings)  # may warn: before the last line
     logs.event(
         logging.INFO if code == ExitCode.OK else logging.ERROR,
@@ -357,7 +406,7 @@ def _write_termination_message(summary: dict[str, object], settings: Settings | 
         elif isinstance(applied, list) and applied:
             summary["applied"] = applied[: len(applied) // 2]
             summary["applied_truncated"] = True
-        else:
+        elif not fleet.trim(summary, len(text.encode()) - TERMINATION_MESSAGE_LIMIT):
             break
         text = json.dumps(redact.value(summary), default=str)
     try:

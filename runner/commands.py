@@ -14,7 +14,18 @@ from typing import IO, Any
 import tenacity
 from psycopg import sql
 
-from runner import db, durability, lock, logs, migrations, present, retry, tracking, wait
+from runner import (
+    db,
+    durability,
+    lock,
+    logs,
+    migrations,
+    placeholders,
+    present,
+    retry,
+    tracking,
+    wait,
+)
 from runner.apply import Applier
 from runner.config import Settings
 from runner.errors import (
@@ -57,6 +68,7 @@ class RunReport:
     reverted: list[int] = field(default_factory=list)
     pending: int | None = None
     in_flight: str | None = None  # what a signal left of the migration it stopped
+    fleet: dict[str, object] | None = None  # a run over many targets: fleet.summary()
 
 
 # -- changing the schema ----------------------------------------------------------------------
@@ -433,13 +445,29 @@ def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool
     _refuse(problems)
 
 
-def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool) -> None:
-    """What `up` would run now, without running it or taking the lock."""
+def show_plan(
+    settings: Settings, report: RunReport, out: IO[str], *, as_json: bool, locks: bool = False
+) -> None:
+    """What `up` would run now, without running it or taking the lock; with `locks`, the
+    table locks each pending statement takes and the tables' estimated sizes."""
     files = _load(settings)
     with _connect(settings, time.sleep) as conn:
         applied = _applied(conn, settings)
-    pending = _plan(files, applied, settings).pending
+        pending = _plan(files, applied, settings).pending
+        if locks:
+            from runner import locks as lock_plans  # pglast: only for this
+
+            plans = lock_plans.lock_plan([m.up for m in pending])
+            sizes = lock_plans.estimate(conn, lock_plans.tables_of(plans))
     report.pending = len(pending)
+    if locks:
+        out.write(
+            json.dumps(lock_plans.to_json(plans, sizes)) + "\n"
+            if as_json
+            else lock_plans.render_text(plans, sizes)
+            or "nothing to apply: the database is up to date\n"
+        )
+        return
     entries = [
         {
             "version": m.version,
@@ -457,6 +485,15 @@ def show_plan(settings: Settings, report: RunReport, out: IO[str], *, as_json: b
     else:
         for entry in entries:
             out.write(f"would apply {entry['file']}\n")
+
+
+def pending_migrations(
+    settings: Settings, files: Sequence[MigrationFile], sleep: Sleep
+) -> Sequence[Migration]:
+    """What `up` would run now, read without the lock (for `lint --pending`)."""
+    with _connect(settings, sleep) as conn:
+        applied = _applied(conn, settings)
+    return _plan(files, applied, settings).pending
 
 
 def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
@@ -491,10 +528,11 @@ def wait_only(settings: Settings, *, sleep: Sleep = time.sleep) -> None:
 
 
 def _files(settings: Settings) -> list[MigrationFile]:
-    """The files of MIGRATIONS_DIR; none at all is refused unless ALLOW_EMPTY."""
+    """The files of MIGRATIONS_DIR, as this target reads them (placeholders put in); none at
+    all is refused unless ALLOW_EMPTY."""
     files = migrations.load(settings.migrations_dir)
     migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
-    return files
+    return placeholders.applied(files, settings.placeholders)
 
 
 def _applied(conn: db.Connection, settings: Settings) -> list[AppliedMigration]:

@@ -31,6 +31,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SECRET_VARIABLES = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "DB_PASSWORD", "DB_USER")
 NO_DATABASE = "set DATABASE_URL (or DATABASE_URL_FILE) or DB_HOST"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+MAX_CONCURRENCY = 256  # targets at a time: each holds a connection or two
+MAX_TARGETS = 1_000_000
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -119,6 +121,18 @@ VARIABLES: tuple[Variable, ...] = (
         "/dev/termination-log",
     ),
     Variable(
+        "MIGRATION_LINT_DISABLE",
+        "--lint-disable",
+        "lint: rule ids to turn off, comma-separated (wins over pyproject.toml)",
+    ),
+    Variable("MIGRATION_LINT_WARNING", "--lint-warning", "lint: rule ids to report as warnings"),
+    Variable("MIGRATION_LINT_ERROR", "--lint-error", "lint: rule ids to report as errors"),
+    Variable(
+        "VERIFY_DATABASE_URL",
+        "--verify-database-url",
+        "verify, drift: an empty database to use instead of creating a scratch one",
+    ),
+    Variable(
         "PROXY_QUIT_URL",
         "--proxy-quit-url",
         "POSTed to when the runner exits, to stop a proxy sidecar (cloud-sql-proxy's quitquitquit)",
@@ -143,6 +157,40 @@ VARIABLES: tuple[Variable, ...] = (
         "accept a MIGRATIONS_DIR with no migration files",
         "false",
         is_switch=True,
+    ),
+    Variable(
+        "TARGETS_FILE",
+        "--targets-file",
+        "YAML or JSON list of targets (databases, schemas, URLs) to run the command on: a fleet",
+    ),
+    Variable(
+        "TARGETS_QUERY",
+        "--targets-query",
+        "SQL run on the main database whose rows are the fleet's targets",
+    ),
+    Variable(
+        "MIGRATION_PLACEHOLDERS",
+        "--placeholders",
+        "name=value pairs, comma-separated, put in for ${name} in migration files",
+    ),
+    Variable("FLEET_CONCURRENCY", "--concurrency", "fleet: targets run at a time", "4"),
+    Variable(
+        "FLEET_CANARY",
+        "--canary",
+        "fleet: run the first K targets by name first, and stop if one fails (0: off)",
+        "0",
+    ),
+    Variable(
+        "FLEET_MAX_FAILURES",
+        "--max-failures",
+        "fleet: start no more targets after F have failed (0: no limit)",
+        "0",
+    ),
+    Variable("SHARDS", "--shards", "fleet in an Indexed Job: the number of shards (completions)"),
+    Variable(
+        "JOB_COMPLETION_INDEX",
+        "--shard-index",
+        "fleet: this pod's shard, 0 to SHARDS-1 (set by Kubernetes in an Indexed Job)",
     ),
 )
 
@@ -221,6 +269,25 @@ class ConnectionSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """How a run over many targets (TARGETS_FILE or TARGETS_QUERY) goes."""
+
+    targets_file: Path | None
+    targets_query: str | None
+    concurrency: int
+    canary: int  # the first K targets by name run first; 0: none
+    max_failures: int  # no target starts after this many failed; 0: no limit
+    shard: tuple[int, int] | None  # (JOB_COMPLETION_INDEX, SHARDS) in an Indexed Job
+    connect_timeout: int  # of a url target, which takes nothing else from DB_*
+    tcp_timeout: int
+
+    @property
+    def source(self) -> str:
+        """The variable that names the targets."""
+        return "TARGETS_FILE" if self.targets_file else "TARGETS_QUERY"
+
+
+@dataclass(frozen=True)
 class Settings:
     connection: ConnectionSettings | None
     migrations_dir: Path
@@ -239,6 +306,11 @@ class Settings:
     statement_timeout: float
     await_timeout: float
     proxy_quit_url: str | None
+    verify_database_url: str | None
+    lint_choices: Mapping[str, str]  # the MIGRATION_LINT_* variables given, checked by lint
+    fleet: FleetSettings | None = None
+    # Values of the migration files' placeholders; None: files run as written.
+    placeholders: Mapping[str, str] | None = None
 
     @property
     def database(self) -> ConnectionSettings:
@@ -293,14 +365,16 @@ def from_env(
     for name in SECRET_VARIABLES:
         if f"{name}_FILE" in environ:
             raise ConfigError(f"{name}_FILE", "must be resolved by load_secret_files() first")
-    connection = _connection(environ, require_database)
+    fleet = _fleet(environ)
+    # A fleet of url targets needs no main database; a database or schema target says so.
+    connection = _connection(environ, require_database and not environ.get("TARGETS_FILE"))
     log_format = _choice(
         environ, "LOG_FORMAT", LOG_FORMATS, fold=str.lower, default="text" if terminal else "json"
     )
     return Settings(
         connection=connection,
         migrations_dir=Path(_value(environ, "MIGRATIONS_DIR")),
-        migrations_table=_table_name(_value(environ, "MIGRATIONS_TABLE")),
+        migrations_table=table_name(_value(environ, "MIGRATIONS_TABLE")),
         wait_timeout=_seconds(environ, "DB_WAIT_TIMEOUT"),
         lock_timeout=_seconds(environ, "MIGRATION_LOCK_TIMEOUT", allow_zero=True),
         log_format=log_format,
@@ -315,6 +389,14 @@ def from_env(
         statement_timeout=_seconds(environ, "STATEMENT_TIMEOUT", allow_zero=True),
         await_timeout=_seconds(environ, "AWAIT_TIMEOUT", allow_zero=True),
         proxy_quit_url=_quit_url(environ),
+        verify_database_url=environ.get("VERIFY_DATABASE_URL") or None,
+        lint_choices={
+            name: environ[name]
+            for name in ("MIGRATION_LINT_DISABLE", "MIGRATION_LINT_WARNING", "MIGRATION_LINT_ERROR")
+            if environ.get(name)
+        },
+        fleet=fleet,
+        placeholders=_placeholders(environ, fleet),
     )
 
 
@@ -368,6 +450,106 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
         password_command=command,
         region=region,
     )
+
+
+def url_connection(url: str, *, connect_timeout: int, tcp_timeout: int) -> ConnectionSettings:
+    """A fleet target's own URL, used as written: the main connection's DB_* parts, DB_AUTH
+    and DB_PASSWORD_COMMAND are not its. A ConfigError names the variable `url`."""
+    _check_url("url", url)
+    try:
+        parsed = libpq_conninfo.conninfo_to_dict(url)
+    except Exception as error:
+        reason = " ".join(_without_password(str(error), url).split())
+        raise ConfigError(
+            "url", f"expected a postgresql:// URL or a libpq key=value string ({reason})"
+        ) from None
+    params = {key: str(value) for key, value in parsed.items() if value is not None}
+    if "port" in params:
+        _port("url", params["port"])
+    if params.get("sslmode", "prefer") not in SSL_MODES:
+        raise ConfigError("url", f"sslmode: expected one of {', '.join(SSL_MODES)}")
+    return ConnectionSettings(
+        params=params, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout
+    )
+
+
+def _fleet(environ: Mapping[str, str]) -> FleetSettings | None:
+    """The fleet's settings, or None for a run on the one database of DATABASE_URL."""
+    concurrency = _whole(environ, "FLEET_CONCURRENCY", 1, MAX_CONCURRENCY)
+    canary = _whole(environ, "FLEET_CANARY", 0, MAX_TARGETS)
+    max_failures = _whole(environ, "FLEET_MAX_FAILURES", 0, MAX_TARGETS)
+    targets_file = environ.get("TARGETS_FILE", "").strip()
+    targets_query = environ.get("TARGETS_QUERY", "").strip()
+    if targets_file and targets_query:
+        raise ConfigError("TARGETS_QUERY", "set TARGETS_FILE or TARGETS_QUERY, not both")
+    shards = environ.get("SHARDS", "").strip()
+    if not (targets_file or targets_query):
+        if shards:
+            raise ConfigError("SHARDS", "shards a fleet: set TARGETS_FILE or TARGETS_QUERY too")
+        return None  # JOB_COMPLETION_INDEX alone is Kubernetes', not the user's: ignored
+    shard = None
+    index = environ.get("JOB_COMPLETION_INDEX", "").strip()
+    if index or shards:
+        if not shards:
+            raise ConfigError(
+                "SHARDS",
+                "required when JOB_COMPLETION_INDEX is set (an Indexed Job): the Job's "
+                "completions, the number of shards the fleet is cut into",
+            )
+        if not index:
+            raise ConfigError(
+                "SHARDS",
+                "set, but JOB_COMPLETION_INDEX is not: run it as an Indexed Job, or give "
+                "this run's shard with --shard-index",
+            )
+        count = _whole(environ, "SHARDS", 1, MAX_TARGETS)
+        number = _whole(environ, "JOB_COMPLETION_INDEX", 0, MAX_TARGETS)
+        if number >= count:
+            raise ConfigError(
+                "JOB_COMPLETION_INDEX",
+                f"expected 0 to {count - 1} (SHARDS is {count}); got {number}",
+            )
+        shard = (number, count)
+    return FleetSettings(
+        targets_file=Path(targets_file) if targets_file else None,
+        targets_query=targets_query or None,
+        concurrency=concurrency,
+        canary=canary,
+        max_failures=max_failures,
+        shard=shard,
+        connect_timeout=max(1, round(_seconds(environ, "DB_CONNECT_TIMEOUT"))),
+        tcp_timeout=round(_seconds(environ, "DB_TCP_TIMEOUT", allow_zero=True)),
+    )
+
+
+def _placeholders(environ: Mapping[str, str], fleet: FleetSettings | None) -> dict[str, str] | None:
+    """MIGRATION_PLACEHOLDERS' name=value pairs. None (files run as written) when it is unset
+    and there is no fleet, whose files may always say ${schema}."""
+    raw = environ.get("MIGRATION_PLACEHOLDERS", "")
+    values: dict[str, str] = {}
+    for pair in raw.split(","):
+        if not pair.strip():
+            continue
+        name, equals, value = (part.strip() for part in pair.partition("="))
+        if not equals or not _IDENTIFIER.fullmatch(name):
+            raise ConfigError(
+                "MIGRATION_PLACEHOLDERS",
+                "expected name=value pairs separated by commas, each name letters, digits and _ "
+                f"(max 63); got {pair.strip()!r}",
+            )
+        if name == "schema":
+            raise ConfigError(
+                "MIGRATION_PLACEHOLDERS",
+                "schema is a schema target's own name (${schema}); it cannot be declared",
+            )
+        if name in values:
+            raise ConfigError("MIGRATION_PLACEHOLDERS", f"{name} is declared twice")
+        if "\n" in value or "\r" in value:
+            raise ConfigError("MIGRATION_PLACEHOLDERS", f"the value of {name} spans lines")
+        values[name] = value
+    if not raw.strip() and fleet is None:
+        return None
+    return values
 
 
 def _password_command(
@@ -488,6 +670,15 @@ def _seconds(environ: Mapping[str, str], variable: str, *, allow_zero: bool = Fa
     return value
 
 
+def _whole(environ: Mapping[str, str], variable: str, lowest: int, highest: int) -> int:
+    raw = _value(environ, variable).strip()
+    if not (raw.isascii() and raw.isdigit()) or not lowest <= int(raw) <= highest:
+        raise ConfigError(
+            variable, f"expected a whole number from {lowest} to {highest}; got {raw!r}"
+        )
+    return int(raw)
+
+
 def _count(environ: Mapping[str, str], variable: str) -> int:
     raw = _value(environ, variable).strip()
     if not (raw.isascii() and raw.isdigit()) or int(raw) > 1000:
@@ -520,11 +711,11 @@ def _switch(environ: Mapping[str, str], variable: str) -> bool:
     raise ConfigError(variable, f"expected {expected}; got {environ[variable]!r}")
 
 
-def _table_name(raw: str) -> TableName:
+def table_name(raw: str, variable: str = "MIGRATIONS_TABLE") -> TableName:
     parts = raw.split(".")
     if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
         raise ConfigError(
-            "MIGRATIONS_TABLE",
+            variable,
             f"expected table or schema.table of letters, digits and _ (max 63 each); got {raw!r}",
         )
     if len(parts) == 2:

@@ -18,7 +18,7 @@ from psycopg.pq.abc import PGresult
 from psycopg.rows import TupleRow
 from psycopg.sql import SQL, Composable, Composed
 
-from runner import credentials, logs
+from runner import credentials, logs, stopping
 from runner.config import ConnectionSettings, Settings
 from runner.errors import DatabaseUnreachable, PermissionDenied
 
@@ -42,6 +42,7 @@ def connect(
         kwargs["password"] = password
     conn = psycopg.connect(autocommit=True, **kwargs)
     conn.prepare_threshold = None
+    stopping.opened(conn)
     return conn
 
 

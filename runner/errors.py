@@ -41,6 +41,7 @@ class ConfigError(RunnerError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
+        self.problem = problem
 
     def fields(self) -> dict[str, object]:
         return {"variable": self.variable}
@@ -169,6 +170,10 @@ class UnsupportedStatement(MigrationSetError):
         return {**super().fields(), "line": self.line}
 
 
+class UnknownPlaceholder(UnsupportedStatement):
+    """A `${...}` in a file that is not on the run's placeholder allow-list."""
+
+
 class NeedsNoTransaction(MigrationSetError):
     """An ordinary (transactional) file holds a statement that cannot run in a transaction."""
 
@@ -249,11 +254,22 @@ class Interrupted(RunnerError):
         self.signal_number = signal_number
 
 
+class FleetFailed(RunnerError):
+    """A run over many targets in which some failed, were stopped, or never started: it exits
+    with the most severe of their codes (exit_codes.SEVERITY)."""
+
+    def __init__(self, message: str, *, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def exit_code_for(error: BaseException) -> ExitCode:
     """The exit status that reports `error`; anything unforeseen is a bug (70)."""
     if isinstance(error, Interrupted):
         # SIGINT is 130; SIGTERM and SIGHUP (a closed terminal, a stopped supervisor) are 143.
         return ExitCode.INTERRUPTED if error.signal_number == SIGINT else ExitCode.TERMINATED
+    if isinstance(error, FleetFailed):
+        return error.code
     if isinstance(error, RunnerError):
         return error.exit_code
     return ExitCode.INTERNAL

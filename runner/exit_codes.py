@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
 
 
@@ -35,3 +36,30 @@ class ExitCode(IntEnum):
 RETRYABLE = frozenset(
     {ExitCode.DB_UNREACHABLE, ExitCode.TEMPORARY_FAILURE, ExitCode.INTERRUPTED, ExitCode.TERMINATED}
 )
+
+# A fleet run exits with the code of its most severe target, first in this order. A code that
+# needs a person outranks one that a retry may clear; among those, the one whose cause reaches
+# furthest first: a bug, then the run's own setup (usage, configuration, credentials), then a
+# database that a person must look at, then the migration set, then one migration's SQL.
+# Among the retryable: a lock or deadline outranks an unreachable server, and a signal comes
+# last, since it says only that the run was stopped.
+SEVERITY: tuple[ExitCode, ...] = (
+    ExitCode.INTERNAL,
+    ExitCode.USAGE,
+    ExitCode.CONFIG,
+    ExitCode.AUTH_FAILED,
+    ExitCode.NEEDS_ATTENTION,
+    ExitCode.INVALID_MIGRATIONS,
+    ExitCode.MIGRATION_FAILED,
+    ExitCode.CHECK_FAILED,
+    ExitCode.TEMPORARY_FAILURE,
+    ExitCode.DB_UNREACHABLE,
+    ExitCode.TERMINATED,
+    ExitCode.INTERRUPTED,
+)
+
+
+def most_severe(codes: Iterable[ExitCode]) -> ExitCode:
+    """The code a run of many targets exits with: OK when every one is OK."""
+    failed = set(codes) - {ExitCode.OK}
+    return min(failed, key=SEVERITY.index, default=ExitCode.OK)

@@ -6,7 +6,9 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -157,7 +159,27 @@ def minted_secrets() -> tuple[str, ...]:
     return tuple(_minted)
 
 
+_target: ContextVar[str | None] = ContextVar("runner_target", default=None)
+
+
+@contextmanager
+def target(name: str) -> Iterator[None]:
+    """Every event logged in the block, in this thread, carries `target`: the fleet target
+    whose work it is ("": the fleet's own work, which has none)."""
+    token = _target.set(name)
+    try:
+        yield
+    finally:
+        _target.reset(token)
+
+
 def event(level: int, event_name: str, message: str, /, **fields: Any) -> None:
     """Log one event: `event_name` is the stable id that machines match on."""
+    name = _target.get()
+    if name is not None:  # a fleet's run, where `target` names a target and nothing else
+        if "target" in fields:  # db.connected's user@host/db: kept, under another key
+            fields["connection"] = fields.pop("target")
+        if name:
+            fields = {"target": name, **fields}
     # Fields travel in one attribute: names such as `name` would clash with LogRecord's own.
     logger.log(level, message, extra={"event": event_name, "fields": fields})

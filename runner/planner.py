@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
+from runner import placeholders
 from runner.errors import (
     BadMigrationName,
     ChecksumMismatch,
@@ -69,12 +70,15 @@ PLAIN_SHAPE = FileShape()
 @dataclass(frozen=True)
 class MigrationFile:
     """A .sql file as found on disk: its name and the sha256 of its bytes. A small file keeps
-    its bytes (`content`); a large one (content None) is read from `path` as it runs."""
+    its bytes (`content`); a large one (content None) is read from `path` as it runs. Its text
+    is read with `values` put in for its placeholders (None: as written); the checksum stays
+    that of the bytes."""
 
     filename: str
     checksum: str
     content: bytes | None = field(default=b"", repr=False, compare=False)
     path: Path | None = field(default=None, repr=False, compare=False)
+    values: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
 
     def text(self) -> str:
         """The whole SQL: UTF-8, a leading byte-order mark dropped; undecodable files refused.
@@ -100,7 +104,7 @@ class MigrationFile:
             raise UnreadableMigration(
                 f"{self.filename}: line {line}: contains a NUL character", file=self.filename
             )
-        return text.removeprefix("\ufeff")
+        return placeholders.expand(text.removeprefix("\ufeff"), self.values)
 
     @contextmanager
     def reader(self) -> Iterator[Callable[[int], str]]:
@@ -111,7 +115,8 @@ class MigrationFile:
         assert self.path is not None
         try:
             with self.path.open(encoding="utf-8-sig", newline="") as handle:
-                yield handle.read
+                read = handle.read
+                yield read if self.values is None else placeholders.expanding(read, self.values)
         except OSError as error:
             raise UnreadableMigration(
                 f"{self.filename}: cannot read it: {error.strerror}", file=self.filename

@@ -13,6 +13,8 @@ from typing import Any
 import tenacity
 from tenacity.retry import RetryBaseT
 
+from runner import stopping
+
 RetryCallback = Callable[[tenacity.RetryCallState], None]
 
 
@@ -63,7 +65,7 @@ def backoff(
             tenacity.wait_random_exponential(multiplier=initial, max=maximum), deadline
         ),
         stop=stop,
-        sleep=sleep,
+        sleep=stopping.stoppable(sleep),
         before_sleep=before_sleep,
     )
 

@@ -24,8 +24,10 @@ def test_every_runner_error_carries_an_exit_code_that_is_not_a_bug() -> None:
     classes = _subclasses(RunnerError)
     assert len(classes) > 20
     for cls in classes:
-        if cls is not Interrupted:
+        if cls not in (Interrupted, errors.FleetFailed):  # theirs is per run, tested below
             assert cls.exit_code != ExitCode.INTERNAL, cls.__name__
+    failed = errors.FleetFailed("2 targets failed", code=ExitCode.MIGRATION_FAILED)
+    assert exit_code_for(failed) == ExitCode.MIGRATION_FAILED
 
 
 def test_signals_and_bugs() -> None:
