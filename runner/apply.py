@@ -108,6 +108,7 @@ class Applier:
         self.statement_timeout = settings.statement_timeout
         self._probe = BlockerProbe(settings.connection) if self.lock_timeout_ms else None
         self._wrote = False
+        self._opening_text: _Own | None = None
         self.applied: list[int] = []  # versions committed by this run, in order
         self.reverted: list[int] = []
         self._running: _Step | None = None  # whose NOTICEs the server is sending
@@ -268,6 +269,18 @@ class Applier:
                 blockers=blockers,
             )
 
+        # Nearly every migration gets its locks at once: only a first lock timeout pays for
+        # the retry machinery, which then takes that failure for its own first attempt.
+        try:
+            return attempt()
+        except _LockTimeoutRetry as failure:
+            first: list[_LockTimeoutRetry] = [failure]
+
+        def again() -> int:
+            if first:
+                raise first.pop()
+            return attempt()
+
         policy = retry.backoff(
             attempts=self.lock_retries + 1,
             retry=tenacity.retry_if_exception_type(_LockTimeoutRetry),
@@ -277,7 +290,7 @@ class Applier:
             before_sleep=log_retry,
         )
         try:
-            return int(policy(attempt))
+            return int(policy(again))
         except tenacity.RetryError as gave_up:
             last = gave_up.last_attempt.exception()
             blockers = last.blockers if isinstance(last, _LockTimeoutRetry) else []
@@ -306,6 +319,8 @@ class Applier:
         return done
 
     def _opening(self) -> _Own:
+        if self._opening_text is not None:
+            return self._opening_text
         timeouts = sql.SQL(
             "SELECT set_config('lock_timeout', {lock}, true), "
             "set_config('statement_timeout', {statement}, true)"
@@ -314,7 +329,8 @@ class Applier:
             statement=sql.Literal(f"{self.statement_timeout_ms}ms"),
         )
         text = f"BEGIN;\n{SESSION_RESET};\n{timeouts.as_string(self.conn)};\n"
-        return _Own(text, 1 + SESSION_RESET_STATEMENTS + 1)
+        self._opening_text = _Own(text, 1 + SESSION_RESET_STATEMENTS + 1)  # the same each time
+        return self._opening_text
 
     def _closing(self, step: _Step, *, commit: bool) -> _Own:
         record = self._record(step).as_string(self.conn)

@@ -60,8 +60,12 @@ class Redactor:
             text = text.replace(form, "***")
         if self._tokens is not None:
             text = self._tokens.sub("***", text)
-        text = _URL_PASSWORD.sub(r"\g<head>***@", text)
-        return _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
+        # Most values hold neither a URL nor "password": skip the two scans for them.
+        if "://" in text:
+            text = _URL_PASSWORD.sub(r"\g<head>***@", text)
+        if "password" in text.lower():
+            text = _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
+        return text
 
     def value(self, value: Any) -> Any:
         """A log field's value with every string in it redacted; dict keys are kept."""
