@@ -8,6 +8,7 @@ threads. Every target's result is a `target.finished` event; the run ends with o
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import io
 import json
 import logging
@@ -17,15 +18,15 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import psycopg
-from pglast import keywords
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 from psycopg import sql
 
 from runner import commands, db, durability, logs, migrations, placeholders, stopping, wait
@@ -66,7 +67,6 @@ OUTCOMES = ("succeeded", "up_to_date", "failed", "interrupted", "not_started")
 
 # ${schema} is written into the SQL as it is: a name that reads the same quoted or not.
 _PLAIN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_NOT_PLAIN = keywords.RESERVED_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # The tracking table's rows, and the schema the name found them in (an unqualified name must
 # resolve where `tracking.resolve` puts it: the current schema).
@@ -329,7 +329,10 @@ def _read_url(path: Path) -> str:
 
 
 def _refuse_unplain(schema: str) -> None:
-    if _PLAIN.fullmatch(schema) and schema not in _NOT_PLAIN and not schema.startswith("pg_"):
+    from pglast import keywords  # only a fleet of schemas pays for pglast's import
+
+    reserved = keywords.RESERVED_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS
+    if _PLAIN.fullmatch(schema) and schema not in reserved and not schema.startswith("pg_"):
         return
     raise ConfigError(
         "schema",
@@ -546,6 +549,8 @@ class _Fleet:
         with self.lock:
             self.queue.extend(todo)
         workers = min(self.fleet.concurrency, len(todo))
+        from concurrent.futures import ThreadPoolExecutor  # only a fleet runs threads
+
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="target")
         self.pools.append(pool)
         futures = [pool.submit(self._work) for _ in range(workers)]
@@ -555,7 +560,7 @@ class _Fleet:
     def _wait(self, futures: Sequence[Future[None]]) -> None:
         while True:
             try:
-                wait_all(futures)
+                concurrent.futures.wait(futures)
             except KeyboardInterrupt:
                 self._stopping()
                 continue

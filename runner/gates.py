@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from runner import __version__, migrations, verify
+from runner import __version__, migrations
 from runner.config import Settings
 from runner.errors import CheckFailed, MigrationSetError, UsageError
 from runner.exit_codes import ExitCode
@@ -112,6 +112,8 @@ def _shown_path(directory: Path, filename: str) -> str:
 
 
 def verify_down_files(settings: Settings, out: IO[str], *, keep: bool, as_json: bool) -> None:
+    from runner import verify  # the catalog reader: only for this command
+
     files = migrations.load(settings.migrations_dir)
     migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
     result = verify.verify(settings, files, keep=keep, scratch_url=settings.verify_database_url)
@@ -121,6 +123,8 @@ def verify_down_files(settings: Settings, out: IO[str], *, keep: bool, as_json: 
 
 
 def find_drift(settings: Settings, out: IO[str], *, keep: bool, as_json: bool) -> None:
+    from runner import verify
+
     files = migrations.load(settings.migrations_dir)
     result = verify.drift(settings, files, keep=keep, scratch_url=settings.verify_database_url)
     out.write(json.dumps(result.as_dict()) + "\n" if as_json else result.render())
