@@ -433,7 +433,7 @@ def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool
         applied = _applied(conn, settings)
     _note_future(files, applied, settings)
     rows = present.status_rows(files, applied)
-    problems = _problems(files, applied, settings)
+    problems = set_problems(files, applied, settings)
     report.pending = sum(1 for row in rows if row["state"] == "pending")
     if as_json:
         document = {"migrations": rows, "problems": [str(problem) for problem in problems]}
@@ -504,7 +504,7 @@ def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
         with _connect(settings, time.sleep) as conn:
             applied = _applied(conn, settings)
     problems: list[RunnerError] = [
-        *_problems(files, applied, settings),
+        *set_problems(files, applied, settings),
         *content_problems(files),
     ]
     for problem in problems:
@@ -558,9 +558,10 @@ def _plan(
     )
 
 
-def _problems(
+def set_problems(
     files: Sequence[MigrationFile], applied: Sequence[AppliedMigration], settings: Settings
 ) -> list[MigrationSetError | NeedsAttention]:
+    """Every problem of the set against the tracking table, as the settings allow it."""
     return find_problems(
         files,
         applied,

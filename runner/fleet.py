@@ -370,12 +370,7 @@ def up_to_date(
     files: Sequence[MigrationFile], rows: Sequence[AppliedMigration], settings: Settings
 ) -> bool:
     """Every file applied, unchanged, and nothing else in the way: what `up` would skip."""
-    if find_problems(
-        files,
-        rows,
-        allow_out_of_order=settings.allow_out_of_order,
-        ignore_future=settings.ignore_future,
-    ):
+    if commands.set_problems(files, rows, settings):
         return False
     done = {row.version for row in rows if row.status == APPLIED}
     return all(migration.version in done for migration in parse_files(files, strict=False))
