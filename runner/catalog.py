@@ -326,8 +326,16 @@ def diff(before: Catalog, after: Catalog) -> list[Difference]:
     ]
 
 
+# Kept in the snapshot, not compared: PostgreSQL cannot put a re-added column back in its place,
+# so every down file that restores a dropped column would fail on its position (seen on
+# openmeter's migrations), while no query that names its columns can tell the difference.
+NOT_COMPARED = frozenset({("column", "position")})
+
+
 def _changes(kind: str, name: str, old: Properties, new: Properties) -> Iterator[Difference]:
     for prop in [*old, *(p for p in new if p not in old)]:
+        if (kind, prop) in NOT_COMPARED:
+            continue
         if old.get(prop) != new.get(prop):
             yield Difference(kind, name, CHANGED, prop, old.get(prop), new.get(prop))
 

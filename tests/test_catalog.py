@@ -263,13 +263,10 @@ CASES = [
         ],
     ),
     (
-        "column order",
+        "column order is not a difference: a re-added column cannot go back in its place",
         "CREATE TABLE t (a int, b int, c int)",
         "ALTER TABLE t DROP COLUMN b; ALTER TABLE t ADD COLUMN b int",
-        [
-            "changed column public.t.b: position: 2 -> 3",
-            "changed column public.t.c: position: 3 -> 2",
-        ],
+        [],
     ),
     (
         "constraint validated",
