@@ -82,7 +82,7 @@ def up(
     sleep: Sleep = time.sleep,
 ) -> None:
     """Apply every pending migration, each in its own transaction with its tracking row."""
-    files = _load(settings)
+    files = checked_files(settings)
     with _connect(settings, sleep, writable=True) as conn:
         table = tracking.resolve(conn, settings.migrations_table)
         # Most runs find nothing to do: say so without the lock. So does a runner that waited
@@ -146,7 +146,7 @@ def down(
     settings: Settings, report: RunReport, count: int | None, *, sleep: Sleep = time.sleep
 ) -> None:
     """Roll back the newest `count` applied migrations (all when None), newest first."""
-    files = _load(settings)
+    files = checked_files(settings)
     with _locked(settings, sleep) as table:
         applied = table.rows()
         todo = plan_down(files, applied, count)
@@ -164,7 +164,7 @@ def down(
 
 def goto(settings: Settings, report: RunReport, target: int, *, sleep: Sleep = time.sleep) -> None:
     """Up or down to exactly `target` (0: before the first migration)."""
-    files = _load(settings)
+    files = checked_files(settings)
     with _locked(settings, sleep) as table:
         table.ensure()
         applied = table.rows()
@@ -190,7 +190,7 @@ def baseline(
 ) -> None:
     """Record every migration up to `version` as applied without running it, in one
     transaction: for a database whose schema was made by other means."""
-    files = _load(settings)
+    files = checked_files(settings)
     migrations_on_disk = parse_files(files)
     if version not in {m.version for m in migrations_on_disk}:
         raise UnknownVersion(f"no migration with version {version} on disk", version=version)
@@ -227,7 +227,7 @@ def repair(
     """Clear failed or running rows (after a person fixed the schema, so that the migration
     runs again); with `update_checksums`, accept edited files of applied migrations. With
     `only_version`, touch that version's row only."""
-    files = _load(settings)
+    files = checked_files(settings)
     on_disk = {m.version: m for m in parse_files(files)}
     changed = 0
     with _locked(settings, sleep) as table:
@@ -274,7 +274,7 @@ def repair(
 def adopt(settings: Settings, report: RunReport, *, sleep: Sleep = time.sleep) -> None:
     """Take over a database managed by golang-migrate or dbmate: record its applied versions
     in this tool's table and keep the old table, untouched, under a new name."""
-    files = _load(settings)
+    files = checked_files(settings)
     on_disk = {m.version: m for m in parse_files(files)}
     with _locked(settings, sleep) as table:
         found = table.columns()
@@ -346,7 +346,7 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
     """Read-only, no lock: wait until every version in MIGRATIONS_DIR is applied (exit 0), or
     AWAIT_TIMEOUT passes (75); a database newer than the image is an error (66) unless
     IGNORE_FUTURE_VERSIONS."""
-    files = _load(settings)
+    files = checked_files(settings)
     wanted = [m.version for m in parse_files(files)]
     unreachable: DatabaseUnreachable | None = None  # why the last look could not read
     noted = False
@@ -428,7 +428,7 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
 def status(settings: Settings, report: RunReport, out: IO[str], *, as_json: bool) -> None:
     """Every migration on disk or in the database, with its state and checksums; then the
     problems of the set, if any, which end the run with the first one's exit code."""
-    files = _files(settings)
+    files = read_files(settings)
     with _connect(settings, time.sleep) as conn:
         applied = _applied(conn, settings)
     _note_future(files, applied, settings)
@@ -450,7 +450,7 @@ def show_plan(
 ) -> None:
     """What `up` would run now, without running it or taking the lock; with `locks`, the
     table locks each pending statement takes and the tables' estimated sizes."""
-    files = _load(settings)
+    files = checked_files(settings)
     with _connect(settings, time.sleep) as conn:
         applied = _applied(conn, settings)
         pending = _plan(files, applied, settings).pending
@@ -498,7 +498,7 @@ def pending_migrations(
 
 def validate(settings: Settings, report: RunReport, *, offline: bool) -> None:
     """Report every problem (exit 66) without changing anything; offline: the files only."""
-    files = _files(settings)
+    files = read_files(settings)
     applied: list[AppliedMigration] = []
     if not offline:
         with _connect(settings, time.sleep) as conn:
@@ -527,7 +527,7 @@ def wait_only(settings: Settings, *, sleep: Sleep = time.sleep) -> None:
 # -- shared -----------------------------------------------------------------------------------
 
 
-def _files(settings: Settings) -> list[MigrationFile]:
+def read_files(settings: Settings) -> list[MigrationFile]:
     """The files of MIGRATIONS_DIR, as this target reads them (placeholders put in); none at
     all is refused unless ALLOW_EMPTY."""
     files = migrations.load(settings.migrations_dir)
@@ -540,9 +540,9 @@ def _applied(conn: db.Connection, settings: Settings) -> list[AppliedMigration]:
     return tracking.resolve(conn, settings.migrations_table).rows()
 
 
-def _load(settings: Settings) -> list[MigrationFile]:
+def checked_files(settings: Settings) -> list[MigrationFile]:
     """The files, refused before connecting if their names or pairs are wrong."""
-    files = _files(settings)
+    files = read_files(settings)
     _refuse([p for p in find_problems(files, []) if isinstance(p, MigrationSetError)])
     return files
 

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from runner import __version__, migrations
+from runner import __version__, commands
 from runner.config import Settings
-from runner.errors import CheckFailed, MigrationSetError, UsageError
+from runner.errors import CheckFailed, UsageError
 from runner.exit_codes import ExitCode
-from runner.planner import MigrationFile, find_problems, parse_files
+from runner.planner import MigrationFile, parse_files
 
 LINT_FORMATS = ("text", "json", "sarif", "github")
 
@@ -36,11 +36,7 @@ def lint_migrations(
     from runner import lint  # pglast's parser: only for this command
 
     config = lint.load_config(Path.cwd(), settings.lint_choices)
-    files = migrations.load(settings.migrations_dir)
-    migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
-    refused = [p for p in find_problems(files, []) if isinstance(p, MigrationSetError)]
-    if refused:
-        raise refused[0]
+    files = commands.checked_files(settings)
     only = _chosen(settings, files, paths=paths, since=since, pending=pending)
     findings = lint.lint(files, config, only=only)
     shown = [
@@ -92,8 +88,6 @@ def _chosen(
             if file is not None
         }
     if pending:
-        from runner import commands  # the database: only for --pending
-
         todo = commands.pending_migrations(settings, files, time.sleep)
         return {
             file.filename
@@ -114,8 +108,7 @@ def _shown_path(directory: Path, filename: str) -> str:
 def verify_down_files(settings: Settings, out: IO[str], *, keep: bool, as_json: bool) -> None:
     from runner import verify  # the catalog reader: only for this command
 
-    files = migrations.load(settings.migrations_dir)
-    migrations.require_some(files, settings.migrations_dir, allow_empty=settings.allow_empty)
+    files = commands.read_files(settings)
     result = verify.verify(settings, files, keep=keep, scratch_url=settings.verify_database_url)
     out.write(json.dumps(result.as_dict()) + "\n" if as_json else result.render())
     if result.exit_code != ExitCode.OK and result.mismatch:
@@ -125,7 +118,7 @@ def verify_down_files(settings: Settings, out: IO[str], *, keep: bool, as_json: 
 def find_drift(settings: Settings, out: IO[str], *, keep: bool, as_json: bool) -> None:
     from runner import verify
 
-    files = migrations.load(settings.migrations_dir)
+    files = commands.read_files(settings)
     result = verify.drift(settings, files, keep=keep, scratch_url=settings.verify_database_url)
     out.write(json.dumps(result.as_dict()) + "\n" if as_json else result.render())
     if result.exit_code != ExitCode.OK:
