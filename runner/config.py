@@ -200,6 +200,11 @@ DEFAULT_MIGRATIONS_DIR = Path(_DEFAULTS["MIGRATIONS_DIR"])  # of the working dir
 DEFAULT_TERMINATION_LOG = Path(_DEFAULTS["TERMINATION_LOG"])
 
 
+def default(variable: str) -> str:
+    """The variable's default as VARIABLES gives it ("": none)."""
+    return _DEFAULTS[variable]
+
+
 def _value(environ: Mapping[str, str], variable: str) -> str:
     """The variable's value, or its default from VARIABLES when unset or empty."""
     return environ.get(variable) or _DEFAULTS[variable]
@@ -452,22 +457,25 @@ def _connection(environ: Mapping[str, str], required: bool) -> ConnectionSetting
     )
 
 
-def url_connection(url: str, *, connect_timeout: int, tcp_timeout: int) -> ConnectionSettings:
-    """A fleet target's own URL, used as written: the main connection's DB_* parts, DB_AUTH
-    and DB_PASSWORD_COMMAND are not its. A ConfigError names the variable `url`."""
-    _check_url("url", url)
+def url_connection(
+    url: str, *, connect_timeout: int, tcp_timeout: int, variable: str = "url"
+) -> ConnectionSettings:
+    """A URL of its own (a fleet target's, VERIFY_DATABASE_URL), used as written: the main
+    connection's DB_* parts, DB_AUTH and DB_PASSWORD_COMMAND are not its. A ConfigError names
+    `variable`."""
+    _check_url(variable, url)
     try:
         parsed = libpq_conninfo.conninfo_to_dict(url)
     except Exception as error:
         reason = " ".join(_without_password(str(error), url).split())
         raise ConfigError(
-            "url", f"expected a postgresql:// URL or a libpq key=value string ({reason})"
+            variable, f"expected a postgresql:// URL or a libpq key=value string ({reason})"
         ) from None
     params = {key: str(value) for key, value in parsed.items() if value is not None}
     if "port" in params:
-        _port("url", params["port"])
+        _port(variable, params["port"])
     if params.get("sslmode", "prefer") not in SSL_MODES:
-        raise ConfigError("url", f"sslmode: expected one of {', '.join(SSL_MODES)}")
+        raise ConfigError(variable, f"sslmode: expected one of {', '.join(SSL_MODES)}")
     return ConnectionSettings(
         params=params, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout
     )

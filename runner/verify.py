@@ -21,12 +21,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from runner import catalog, db, logs, tracking, wait
 from runner.apply import Applier
 from runner.catalog import Catalog, Difference
-from runner.config import VARIABLES, ConnectionSettings, Settings
+from runner.config import ConnectionSettings, Settings, default, url_connection
 from runner.errors import ConfigError, MigrationFailed, PermissionDenied
 from runner.exit_codes import ExitCode
 from runner.planner import (
@@ -457,17 +456,12 @@ def scratch_database(
 
 
 def _given(settings: Settings, url: str, sleep: Sleep) -> Scratch:
-    try:
-        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
-    except psycopg.Error:
-        raise ConfigError(
-            SCRATCH_URL, "expected a postgresql:// URL or a libpq key=value string"
-        ) from None
     base = settings.connection
-    target = ConnectionSettings(
-        params=params,
-        connect_timeout=base.connect_timeout if base else int(_default("DB_CONNECT_TIMEOUT")),
-        tcp_timeout=base.tcp_timeout if base else int(_default("DB_TCP_TIMEOUT")),
+    target = url_connection(
+        url,
+        variable=SCRATCH_URL,
+        connect_timeout=base.connect_timeout if base else int(default("DB_CONNECT_TIMEOUT")),
+        tcp_timeout=base.tcp_timeout if base else int(default("DB_TCP_TIMEOUT")),
     )
     with _connected(target, settings, sleep) as conn:
         found = catalog.unexpected(catalog.snapshot(conn))
@@ -480,10 +474,6 @@ def _given(settings: Settings, url: str, sleep: Sleep) -> Scratch:
             "so it must be a new, empty database",
         )
     return Scratch(name, target, created=False)
-
-
-def _default(variable: str) -> str:
-    return next(v.default for v in VARIABLES if v.name == variable)
 
 
 def _create(admin: db.Connection, name: str) -> None:
