@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,21 @@ def race_of_16(migrations: Path, env: Mapping[str, str]) -> list[Run]:
     applied = sorted(version for run in runs for version in run.finished["applied"])
     assert applied == [1, 2, 3, 4, 5]
     return runs
+
+
+def poll_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for a state instead of sleeping a fixed time; a server that is restarting counts
+    as not there yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except psycopg.OperationalError:
+            pass  # the server is restarting
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (after {timeout:g}s)")
+        time.sleep(0.05)
 
 
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

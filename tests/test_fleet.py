@@ -10,7 +10,7 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from runner.planner import MigrationFile
 from tests.conftest import (
     Run,
     RunnerProcess,
+    poll_until,
     query,
     run_entrypoint,
     runner_env,
@@ -761,15 +762,6 @@ def test_indexed_job_pods_migrate_every_target_exactly_once(
 # -- signals ----------------------------------------------------------------------------------
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def _runner_sessions(url: str) -> int:
     rows = query(
         url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migration-runner'"
@@ -795,7 +787,7 @@ def test_sigterm_mid_fleet_rolls_back_the_running_targets_and_exits_143(
         TERMINATION_LOG=str(termination),
     )
     with RunnerProcess(env) as runner:
-        _wait_for(
+        poll_until(
             lambda: (
                 query(
                     database_url,
@@ -803,7 +795,9 @@ def test_sigterm_mid_fleet_rolls_back_the_running_targets_and_exits_143(
                     "AND application_name = 'migration-runner' AND state = 'active'",
                 )[0][0]
                 == 2
-            )
+            ),
+            20,
+            "the runner's pg_sleep(60) never ran",
         )
         sent = time.monotonic()
         runner.send(signal.SIGTERM)
@@ -820,7 +814,7 @@ def test_sigterm_mid_fleet_rolls_back_the_running_targets_and_exits_143(
     assert json.loads(termination.read_text())["fleet"]["outcomes"] == summary["outcomes"]
     for tenant in "abcd":
         assert not exists(database_url, f"{tenant}.slow")
-    _wait_for(lambda: _runner_sessions(database_url) == 0, timeout=10)
+    poll_until(lambda: _runner_sessions(database_url) == 0, 10, "runner sessions left")
     assert query(database_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [
         (0,)
     ]

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -18,6 +17,7 @@ from tests.conftest import (
     SEED_MIGRATIONS,
     Run,
     RunnerProcess,
+    poll_until,
     query,
     race_of_16,
     run_entrypoint,
@@ -302,7 +302,7 @@ def test_sigterm_during_a_long_migration_rolls_back_and_exits_143(
     with RunnerProcess(runner_env(database_url, migrations_dir)) as runner:
         runner.wait_for("migration.started")
         # The statement is running in the server now.
-        _wait_for(
+        poll_until(
             lambda: (
                 query(
                     database_url,
@@ -310,7 +310,9 @@ def test_sigterm_during_a_long_migration_rolls_back_and_exits_143(
                     "AND application_name = 'migration-runner' AND state = 'active'",
                 )[0][0]
                 == 1
-            )
+            ),
+            15,
+            "the runner's pg_sleep(60) never ran",
         )
         sent = time.monotonic()
         runner.send(signal.SIGTERM)
@@ -326,15 +328,6 @@ def test_sigterm_during_a_long_migration_rolls_back_and_exits_143(
         database_url,
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migration-runner'",
     ) == [(0,)]
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_python_dash_m_runner_works_too(database_url: str, tmp_path: Path) -> None:

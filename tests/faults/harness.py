@@ -4,7 +4,6 @@ and the invariants checked after each fault."""
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from tests.conftest import Run, query, run_entrypoint, runner_env
+from tests.conftest import Run, poll_until, query, run_entrypoint, runner_env
 from tests.faultregistry import REGISTRY_KEY, FaultRegistry, Tally
 from tests.pgcluster import TempCluster
 
@@ -181,19 +178,6 @@ def assert_survived(
     assert applied in outcomes, applied
     assert_rerun_finishes(db, migrations, versions, applied)
     return applied
-
-
-def poll_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except psycopg.OperationalError:
-            pass  # the server is restarting
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} (after {timeout:g}s)")
-        time.sleep(0.05)
 
 
 def active_statement(db: Database, needle: str) -> Callable[[], bool]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.exit_codes import ExitCode
-from tests.conftest import ENTRYPOINT, ROOT, Run, RunnerProcess, runner_env
+from tests.conftest import ENTRYPOINT, ROOT, Run, RunnerProcess, poll_until, runner_env
 from tests.faults.harness import (
     Database,
     FaultRegistry,
@@ -19,7 +19,6 @@ from tests.faults.harness import (
     assert_no_runner_left,
     assert_rerun_finishes,
     migration_set,
-    poll_until,
     recorded,
 )
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from runner.exit_codes import ExitCode
-from tests.conftest import RunnerProcess, runner_env
+from tests.conftest import RunnerProcess, poll_until, runner_env
 from tests.faults.harness import (
     Database,
     FaultRegistry,
@@ -22,7 +22,6 @@ from tests.faults.harness import (
     assert_rerun_finishes,
     assert_survived,
     migration_set,
-    poll_until,
     recorded,
     runner_pid,
 )

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from runner.exit_codes import ExitCode
-from tests.conftest import RunnerProcess, run_entrypoint, runner_env
+from tests.conftest import RunnerProcess, poll_until, run_entrypoint, runner_env
 from tests.faults.harness import (
     SIGNAL_EXIT,
     Database,
     FaultRegistry,
     active_statement,
     assert_no_runner_left,
-    poll_until,
     recorded,
     runner_pid,
     write,

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from runner.exit_codes import ExitCode
-from tests.conftest import RunnerProcess, runner_env
+from tests.conftest import RunnerProcess, poll_until, runner_env
 from tests.faults.harness import (
     Database,
     FaultRegistry,
@@ -20,7 +20,6 @@ from tests.faults.harness import (
     assert_no_runner_left,
     assert_rerun_finishes,
     migration_set,
-    poll_until,
 )
 from tests.pgcluster import TempCluster
 

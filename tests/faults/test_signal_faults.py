@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunnerProcess, runner_env
+from tests.conftest import RunnerProcess, poll_until, runner_env
 from tests.faults.harness import (
     SIGNAL_EXIT,
     Database,
@@ -17,7 +17,6 @@ from tests.faults.harness import (
     assert_no_runner_left,
     assert_rerun_finishes,
     migration_set,
-    poll_until,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.cluster]
