@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
-from runner import __version__, authoring, commands, fleet, gates, logs, stopping
+from runner import __version__, commands, logs, stopping
 from runner.config import VARIABLES, Settings, from_env, load_secret_files
 from runner.errors import (
     Interrupted,
@@ -111,15 +111,147 @@ def _settings_flags() -> _Parser:
     return flags
 
 
-def _gate_handler(gate: Callable[..., None]) -> _Handler:
+def _up(parser: argparse.ArgumentParser) -> _Handler:
+    parser.add_argument(
+        "--single-transaction", action="store_true", help="all pending migrations in one"
+    )
+    return lambda a, settings, report, out: commands.up(
+        settings, report, single_transaction=a.single_transaction
+    )
+
+
+def _down(parser: argparse.ArgumentParser) -> _Handler:
+    how_many = parser.add_mutually_exclusive_group()
+    how_many.add_argument("count", nargs="?", type=_count, metavar="N", help="default 1")
+    how_many.add_argument("--all", action="store_true", help="every applied migration")
+    return lambda a, settings, report, out: commands.down(
+        settings, report, None if a.all else a.count or 1
+    )
+
+
+def _goto(parser: argparse.ArgumentParser) -> _Handler:
+    parser.add_argument("target", type=_version, metavar="VERSION")
+    return lambda a, settings, report, out: commands.goto(settings, report, a.target)
+
+
+def _status(parser: argparse.ArgumentParser) -> _Handler:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    return lambda a, settings, report, out: commands.status(settings, report, out, as_json=a.json)
+
+
+def _plan(parser: argparse.ArgumentParser) -> _Handler:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--locks",
+        action="store_true",
+        help="per pending statement: the table lock it takes, what that blocks, rewrites, "
+        "scans, and the table's estimated rows and size",
+    )
+    return lambda a, settings, report, out: commands.show_plan(
+        settings, report, out, as_json=a.json, locks=a.locks
+    )
+
+
+def _validate(parser: argparse.ArgumentParser) -> _Handler:
+    parser.add_argument("--offline", action="store_true", help="check the files only, no database")
+    return lambda a, settings, report, out: commands.validate(settings, report, offline=a.offline)
+
+
+def _new(parser: argparse.ArgumentParser) -> _Handler:
+    parser.add_argument("name", metavar="NAME", help="snake_case, e.g. add_orders")
+
     def run(a: argparse.Namespace, settings: Settings, report: Any, out: IO[str]) -> None:
-        gate(settings, out, keep=a.keep, as_json=a.json)
+        from runner import authoring
+
+        authoring.new(settings, a.name, out)
 
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One subcommand each, with its own flags and --help; the settings' flags on all."""
+def _baseline(parser: argparse.ArgumentParser) -> _Handler:
+    parser.add_argument("target", type=_version, metavar="VERSION")
+    return lambda a, settings, report, out: commands.baseline(settings, report, a.target)
+
+
+def _repair(parser: argparse.ArgumentParser) -> _Handler:
+    parser.add_argument(
+        "--update-checksums", action="store_true", help="accept edited applied files"
+    )
+    parser.add_argument(
+        "--version",
+        dest="only_version",
+        type=_version,
+        metavar="N",
+        help="repair this version only",
+    )
+    return lambda a, settings, report, out: commands.repair(
+        settings, report, update_checksums=a.update_checksums, only_version=a.only_version
+    )
+
+
+def _lint(parser: argparse.ArgumentParser) -> _Handler:
+    from runner import gates
+
+    parser.add_argument("files", nargs="*", metavar="FILE", help="report on these files only")
+    parser.add_argument("--format", choices=gates.LINT_FORMATS, default="text", help="default text")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--since", type=_version, metavar="VERSION", help="report on versions above VERSION"
+    )
+    which.add_argument(
+        "--pending", action="store_true", help="report on what `up` would run (reads the database)"
+    )
+    return lambda a, settings, report, out: gates.lint_migrations(
+        settings, out, paths=a.files, output_format=a.format, since=a.since, pending=a.pending
+    )
+
+
+def _scratch_gate(name: str) -> Callable[[argparse.ArgumentParser], _Handler]:
+    """verify and drift: a gate that works on a scratch database."""
+
+    def define(parser: argparse.ArgumentParser) -> _Handler:
+        from runner import gates
+
+        gate = gates.verify_down_files if name == "verify" else gates.find_drift
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument(
+            "--keep", action="store_true", help="keep the scratch database for inspection"
+        )
+
+        def run(a: argparse.Namespace, settings: Settings, report: Any, out: IO[str]) -> None:
+            gate(settings, out, keep=a.keep, as_json=a.json)
+
+        return run
+
+    return define
+
+
+# Each command's own flags, and what it runs; the order of COMMANDS is the order of --help.
+_DEFINITIONS: dict[str, Callable[[argparse.ArgumentParser], _Handler]] = {
+    "up": _up,
+    "down": _down,
+    "goto": _goto,
+    "status": _status,
+    "plan": _plan,
+    "validate": _validate,
+    "new": _new,
+    "baseline": _baseline,
+    "repair": _repair,
+    "adopt": lambda parser: lambda a, settings, report, out: commands.adopt(settings, report),
+    "await": lambda parser: (
+        lambda a, settings, report, out: commands.await_schema(settings, report)
+    ),
+    "wait": lambda parser: lambda a, settings, report, out: commands.wait_only(settings),
+    "verify": _scratch_gate("verify"),
+    "drift": _scratch_gate("drift"),
+    "lint": _lint,
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """One subcommand each, with its own flags and --help; the settings' flags on all.
+    `only`: the command given, the one subcommand worth building (it takes a few
+    milliseconds each, which every init container would pay)."""
     parser = _Parser(
         prog="migration-runner",
         description="Apply PostgreSQL migrations exactly once. Flags win over the environment.",
@@ -129,107 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", parser_class=_Parser, required=True
     )
     shared = [_settings_flags()]
-
-    def command(name: str, run: _Handler) -> argparse.ArgumentParser:
-        parser = commands_.add_parser(
+    for name in COMMANDS:
+        if only is not None and name != only:
+            continue
+        command = commands_.add_parser(
             name, parents=shared, help=COMMANDS[name], description=COMMANDS[name]
         )
-        parser.set_defaults(run=run)
-        return parser
-
-    up = command(
-        "up",
-        lambda a, settings, report, out: commands.up(
-            settings, report, single_transaction=a.single_transaction
-        ),
-    )
-    up.add_argument(
-        "--single-transaction", action="store_true", help="all pending migrations in one"
-    )
-    down = command(
-        "down",
-        lambda a, settings, report, out: commands.down(
-            settings, report, None if a.all else a.count or 1
-        ),
-    )
-    how_many = down.add_mutually_exclusive_group()
-    how_many.add_argument("count", nargs="?", type=_count, metavar="N", help="default 1")
-    how_many.add_argument("--all", action="store_true", help="every applied migration")
-    command(
-        "goto", lambda a, settings, report, out: commands.goto(settings, report, a.target)
-    ).add_argument("target", type=_version, metavar="VERSION")
-    command(
-        "status",
-        lambda a, settings, report, out: commands.status(settings, report, out, as_json=a.json),
-    ).add_argument("--json", action="store_true", help="print JSON")
-    plan = command(
-        "plan",
-        lambda a, settings, report, out: commands.show_plan(
-            settings, report, out, as_json=a.json, locks=a.locks
-        ),
-    )
-    plan.add_argument("--json", action="store_true", help="print JSON")
-    plan.add_argument(
-        "--locks",
-        action="store_true",
-        help="per pending statement: the table lock it takes, what that blocks, rewrites, "
-        "scans, and the table's estimated rows and size",
-    )
-    command(
-        "validate",
-        lambda a, settings, report, out: commands.validate(settings, report, offline=a.offline),
-    ).add_argument("--offline", action="store_true", help="check the files only, no database")
-    command(
-        "new", lambda a, settings, report, out: authoring.new(settings, a.name, out)
-    ).add_argument("name", metavar="NAME", help="snake_case, e.g. add_orders")
-    command(
-        "baseline", lambda a, settings, report, out: commands.baseline(settings, report, a.target)
-    ).add_argument("target", type=_version, metavar="VERSION")
-    repair = command(
-        "repair",
-        lambda a, settings, report, out: commands.repair(
-            settings, report, update_checksums=a.update_checksums, only_version=a.only_version
-        ),
-    )
-    repair.add_argument(
-        "--update-checksums", action="store_true", help="accept edited applied files"
-    )
-    repair.add_argument(
-        "--version",
-        dest="only_version",
-        type=_version,
-        metavar="N",
-        help="repair this version only",
-    )
-    lint = command(
-        "lint",
-        lambda a, settings, report, out: gates.lint_migrations(
-            settings,
-            out,
-            paths=a.files,
-            output_format=a.format,
-            since=a.since,
-            pending=a.pending,
-        ),
-    )
-    lint.add_argument("files", nargs="*", metavar="FILE", help="report on these files only")
-    lint.add_argument("--format", choices=gates.LINT_FORMATS, default="text", help="default text")
-    which = lint.add_mutually_exclusive_group()
-    which.add_argument(
-        "--since", type=_version, metavar="VERSION", help="report on versions above VERSION"
-    )
-    which.add_argument(
-        "--pending", action="store_true", help="report on what `up` would run (reads the database)"
-    )
-    for name, gate in (("verify", gates.verify_down_files), ("drift", gates.find_drift)):
-        checked = command(name, _gate_handler(gate))
-        checked.add_argument("--json", action="store_true", help="print JSON")
-        checked.add_argument(
-            "--keep", action="store_true", help="keep the scratch database for inspection"
-        )
-    command("adopt", lambda a, settings, report, out: commands.adopt(settings, report))
-    command("await", lambda a, settings, report, out: commands.await_schema(settings, report))
-    command("wait", lambda a, settings, report, out: commands.wait_only(settings))
+        command.set_defaults(run=_DEFINITIONS[name](command))
     return parser
 
 
@@ -302,7 +340,9 @@ def main(
     error: BaseException | None = None
     try:
         signals.install()
-        arguments = build_parser().parse_args(_with_command(sys.argv[1:] if argv is None else argv))
+        given = _with_command(sys.argv[1:] if argv is None else argv)
+        only = given[0] if given[0] in COMMANDS else None
+        arguments = build_parser(only).parse_args(given)
         report.command = arguments.command
         merged = load_secret_files(environment_with_flags(arguments, environ))
         needs_database = arguments.command not in OFFLINE and not (
@@ -313,7 +353,12 @@ def main(
         logs.configure(
             log_format=settings.log_format, level=settings.log_level, secrets=settings.secrets
         )
-        fleet.run(arguments, settings, report, out)  # arguments.run, once or per target
+        if settings.fleet is None:
+            arguments.run(arguments, settings, report, out)
+        else:
+            from runner import fleet  # its threads and targets, for fleets only
+
+            fleet.run(arguments, settings, report, out)  # arguments.run, per target
         out.flush()  # here, where a closed pipe is caught, not at exit
     except KeyboardInterrupt:
         error = Interrupted(signals.received or signal.SIGINT, report.in_flight)
@@ -406,7 +451,7 @@ def _write_termination_message(summary: dict[str, object], settings: Settings | 
         elif isinstance(applied, list) and applied:
             summary["applied"] = applied[: len(applied) // 2]
             summary["applied_truncated"] = True
-        elif not fleet.trim(summary, len(text.encode()) - TERMINATION_MESSAGE_LIMIT):
+        elif not _trim_fleet(summary, len(text.encode()) - TERMINATION_MESSAGE_LIMIT):
             break
         text = json.dumps(redact.value(summary), default=str)
     try:
@@ -418,6 +463,14 @@ def _write_termination_message(summary: dict[str, object], settings: Settings | 
             f"cannot write {path}: {failure.strerror}",
             path=str(path),
         )
+
+
+def _trim_fleet(summary: dict[str, object], excess: int) -> bool:
+    if "fleet" not in summary:
+        return False
+    from runner import fleet
+
+    return fleet.trim(summary, excess)
 
 
 def _early_format(environ: Mapping[str, str], terminal: bool) -> str:
