@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, LiteralString
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, LiteralString
 import psycopg
 from psycopg import errors, generators, pq
 from psycopg.abc import PQGen
-from psycopg.pq.abc import PGresult
+from psycopg.pq.abc import PGconn, PGresult
 from psycopg.rows import TupleRow
 from psycopg.sql import SQL, Composable, Composed
 
@@ -149,9 +149,10 @@ class ScriptError(Exception):
 
 def _cancel_in_flight(conn: Connection, fetch: PQGen[list[PGresult]]) -> None:
     """A signal that arrived after the query left but before psycopg waited on it (a loaded
-    machine deschedules the runner right there) finds the query running and unread, where
-    psycopg's own cancel-on-interrupt does not reach: cancel it and read its end, so that the
-    connection can say what committed. A server that does not answer loses the connection."""
+    machine deschedules the runner right there, or it came while `meanwhile` ran) finds the
+    query running and unread, where psycopg's own cancel-on-interrupt does not reach: cancel
+    it and read its end, so that the connection can say what committed. A server that does not
+    answer loses the connection."""
     if conn.pgconn.transaction_status != pq.TransactionStatus.ACTIVE:
         return  # psycopg's wait cancelled and drained it, or it never left
     try:
@@ -161,16 +162,31 @@ def _cancel_in_flight(conn: Connection, fetch: PQGen[list[PGresult]]) -> None:
         conn.pgconn.finish()
 
 
-def run_script(conn: Connection, script: str) -> int:
+def run_script(
+    conn: Connection,
+    script: str,
+    *,
+    meanwhile: Callable[[], object] | None = None,
+    into: list[PGresult] | None = None,
+) -> int:
     """Send `script` as written, in one simple-protocol query, and return how many statements
-    the server ran. On failure raise ScriptError naming the failing statement's index."""
+    the server ran. On failure raise ScriptError naming the failing statement's index.
+    `meanwhile` runs once the query has left, while the server works on it: the caller's own
+    bookkeeping costs no time of the run's. `into` receives each result as it arrives (a
+    notice handler can tell from it how far the script has got; after a lost connection it
+    tells what ended before)."""
     encoding = conn.info.encoding
+    pgconn = conn.pgconn
     with conn.lock:
-        fetch = generators.execute(conn.pgconn)
+        fetch = _execute(pgconn, into)
         try:
-            conn.pgconn.send_query(script.encode(encoding))
+            pgconn.send_query(script.encode(encoding))
+            if meanwhile is not None:
+                conn.wait(generators.send(pgconn))
+                fetch = _fetch(pgconn, into)
+                meanwhile()
             results = conn.wait(fetch)
-        except KeyboardInterrupt:
+        except BaseException:
             _cancel_in_flight(conn, fetch)
             raise
     done = 0
@@ -180,3 +196,31 @@ def run_script(conn: Connection, script: str) -> int:
         if result.status != pq.ExecStatus.EMPTY_QUERY:
             done += 1
     return done
+
+
+def _execute(pgconn: PGconn, into: list[PGresult] | None) -> PQGen[list[PGresult]]:
+    yield from generators.send(pgconn)
+    return (yield from _fetch(pgconn, into))
+
+
+def _fetch(pgconn: PGconn, into: list[PGresult] | None) -> PQGen[list[PGresult]]:
+    """psycopg's fetch_many, or one result at a time into `into`."""
+    if into is None:
+        results: list[PGresult] = yield from generators.fetch_many(pgconn)
+        return results
+    while True:
+        try:
+            result = yield from generators.fetch(pgconn)
+        except psycopg.DatabaseError:
+            # The server closed the session after an error it sent (fetch_many does the same).
+            if any(done.status == pq.ExecStatus.FATAL_ERROR for done in into):
+                return into
+            raise
+        if result is None:
+            return into
+        into.append(result)
+        if result.status in _COPYING:
+            return into
+
+
+_COPYING = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -178,8 +179,34 @@ def target(name: str) -> Iterator[None]:
 
 
 def event(level: int, event_name: str, message: str, /, **fields: Any) -> None:
-    """Log one event: `event_name` is the stable id that machines match on."""
-    name = _target.get()
+    """Log one event: `event_name` is the stable id that machines match on. Lines due from
+    `later` are written first."""
+    if getattr(_due, "lines", None):
+        write_due()
+    _write(_target.get(), level, event_name, message, fields)
+
+
+def later(level: int, event_name: str, message: str, /, **fields: Any) -> None:
+    """An event whose line may wait until the next `write_due` or `event` of this thread, so
+    that it can be written while the server works: the order of lines stays as logged."""
+    if not hasattr(_due, "lines"):
+        _due.lines = []
+    _due.lines.append((_target.get(), level, event_name, message, fields))
+
+
+def write_due() -> None:
+    """Write this thread's lines from `later`, oldest first, each once."""
+    lines = getattr(_due, "lines", None)
+    while lines:
+        _write(*lines.pop(0))
+
+
+_due = threading.local()
+
+
+def _write(
+    name: str | None, level: int, event_name: str, message: str, fields: dict[str, Any]
+) -> None:
     if name is not None:  # a fleet's run, where `target` names a target and nothing else
         if "target" in fields:  # db.connected's user@host/db: kept, under another key
             fields["connection"] = fields.pop("target")
