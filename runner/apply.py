@@ -1,9 +1,13 @@
 """Running migration files against the database: transactional, no-transaction, and all in one.
 
 A transactional migration goes to the server as one simple-protocol query: BEGIN, its
-timeouts, the file as written, the tracking row, COMMIT. One round trip, and the row commits
-with the schema change or not at all. The session commits asynchronously while the run goes
-on; `finish()` makes every commit durable before the run reports success.
+timeouts, the file as written, a session reset, the tracking row, COMMIT. One round trip, and
+the row commits with the schema change or not at all. The session commits asynchronously while
+the run goes on; `finish()` makes every commit durable before the run reports success.
+
+The runner's own work between two migrations (its log lines) is done while the server runs the
+next one: a migration's `migration.applied` line is written once the next migration's query has
+left, and `finish()` writes the last one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import psycopg
 import tenacity
 from psycopg import sql
+from psycopg.pq.abc import PGresult
 
 from runner import db, durability, indexes, locate, logs, retry, sqlscript, stopping
 from runner.blockers import BlockerProbe
@@ -37,11 +42,17 @@ from runner.tracking import TrackingTable
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 BATCH = 1 << 20  # characters of statements sent in one query when a file is streamed
+# Consecutive small transactional migrations go to the server together, each still in its own
+# transaction with its row: batches of 1, 2, 4, ... up to this many, and this many characters.
+MOST_TOGETHER = 64
+TOGETHER_CHARACTERS = 256 * 1024
+_COMMIT_TAG = b"COMMIT"
 
-# Back to the session the runner connected with, before each migration and before each write of
-# its row, whatever the last file did to it: role, settings, temporary tables, prepared
-# statements, cursors, listeners, cached plans and sequence values. Not DISCARD ALL, which would
-# also release the migration lock. Every statement here may run inside a transaction block.
+# Back to the session the runner connected with, before each write of a migration's row (and
+# before a migration when the last one did not end with it), whatever the last file did to it:
+# role, settings, temporary tables, prepared statements, cursors, listeners, cached plans and
+# sequence values. Not DISCARD ALL, which would also release the migration lock. Every statement
+# here may run inside a transaction block.
 SESSION_RESET = (
     "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; "
     f"DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; {durability.ASYNCHRONOUS}"
@@ -108,10 +119,17 @@ class Applier:
         self.statement_timeout = settings.statement_timeout
         self._probe = BlockerProbe(settings.connection) if self.lock_timeout_ms else None
         self._wrote = False
-        self._opening_text: _Own | None = None
+        # Whether the session is as the reset leaves it: true after a migration that ended
+        # with the reset and committed; false at first and after anything failed.
+        self._clean = False
+        self._openings: dict[bool, _Own] = {}
         self.applied: list[int] = []  # versions committed by this run, in order
         self.reverted: list[int] = []
         self._running: _Step | None = None  # whose NOTICEs the server is sending
+        # Versions whose `migration.started` is out and whose outcome is not.
+        self._announced: set[int] = set()
+        # Of a batch in flight: its steps, and the results come back so far.
+        self._together: tuple[Sequence[_Step], list[PGresult]] | None = None
         self.in_flight: str | None = None  # what a signal left of the migration it stopped
         durability.commit_asynchronously(self.conn)
         self.conn.add_notice_handler(self._notice)
@@ -120,6 +138,22 @@ class Applier:
 
     def up(self, migration: Migration) -> None:
         self._run(_Step(migration, migration.up, Direction.UP))
+
+    def up_each(self, migrations: Sequence[Migration]) -> None:
+        """Each migration in its own transaction with its row, in order. Runs of small
+        transactional files go to the server in one query each, a batch of BEGIN ... COMMIT
+        blocks, in batches that grow from one: a failure stops at its block, everything before
+        it committed and recorded, nothing after it run."""
+        size = 1
+        done = 0
+        while done < len(migrations):
+            steps = _together(migrations[done:], size)
+            if len(steps) < 2:
+                self.up(migrations[done])
+                done += 1
+            else:
+                done += self._up_together(steps)
+            size = min(size * 2, MOST_TOGETHER)
 
     def down(self, migration: Migration) -> None:
         assert migration.down is not None
@@ -174,11 +208,13 @@ class Applier:
     def finish(self) -> None:
         """Make every asynchronous commit of this run durable: a synchronous commit flushes
         the WAL up to itself, and so every commit before it."""
+        logs.write_due()
         if self._wrote:
             durability.flush(self.conn)
 
     def finish_quietly(self) -> None:
         """finish() on the way out of a failed run; the connection may be gone by then."""
+        logs.write_due()
         try:
             self._rollback()
             self.finish()
@@ -186,33 +222,39 @@ class Applier:
             pass
 
     def close(self) -> None:
+        logs.write_due()
         if self._probe:
             self._probe.close()
 
     # -- one migration ------------------------------------------------------------------------
 
-    def _run(self, step: _Step) -> None:
+    def _run(self, step: _Step, *, timed_out: _LockTimeoutRetry | None = None) -> None:
+        """`timed_out`: its try in a batch hit the lock timeout; this is the retry."""
         stopping.check()  # a fleet target's thread, which no signal reaches, stops here
-        logs.event(
-            logging.INFO, "migration.started", f"running {step.file.filename}", **step.fields
-        )
+        self._announce(step)
         started = time.perf_counter()
         self._running = step
         try:
             if step.file.no_transaction:
+                logs.write_due()
                 statements = self._no_transaction(step)
             else:
-                statements = self._with_lock_retries(step, lambda: self._transactional(step))
-        except KeyboardInterrupt:
-            committed = self._committed_anyway(step)
-            if committed:
-                self._done(step)
-            self._note_in_flight(step, committed)
+                statements = self._with_lock_retries(
+                    step, lambda: self._transactional(step), timed_out=timed_out
+                )
+        except BaseException as stopped:
+            logs.write_due()
+            if isinstance(stopped, KeyboardInterrupt):
+                committed = self._committed_anyway(step)
+                if committed:
+                    self._done(step)
+                self._note_in_flight(step, committed)
             raise
         finally:
             self._running = None
+            self._announced.discard(step.migration.version)
         self._done(step)
-        logs.event(
+        logs.later(
             logging.INFO,
             "migration.applied" if step.up else "migration.reverted",
             f"{'applied' if step.up else 'reverted'} {step.file.filename}",
@@ -220,6 +262,20 @@ class Applier:
             checksum=step.file.checksum,
             statements=statements,
             duration_ms=round((time.perf_counter() - started) * 1000),
+        )
+
+    def _announce(self, step: _Step, **fields: Any) -> None:
+        """`migration.started`, once: a migration of a batch that a lock timeout or a syntax
+        error stopped is sent again, and not announced again."""
+        if step.migration.version in self._announced:
+            return
+        self._announced.add(step.migration.version)
+        logs.later(
+            logging.INFO,
+            "migration.started",
+            f"running {step.file.filename}",
+            **step.fields,
+            **fields,
         )
 
     def _done(self, step: _Step) -> None:
@@ -254,7 +310,13 @@ class Applier:
         else:
             self.in_flight = f"migration {version} was rolled back and nothing of it remains"
 
-    def _with_lock_retries(self, step: _Step, attempt: Callable[[], int]) -> int:
+    def _with_lock_retries(
+        self,
+        step: _Step,
+        attempt: Callable[[], int],
+        *,
+        timed_out: _LockTimeoutRetry | None = None,
+    ) -> int:
         def log_retry(state: tenacity.RetryCallState) -> None:
             failure = state.outcome.exception() if state.outcome else None
             blockers = failure.blockers if isinstance(failure, _LockTimeoutRetry) else []
@@ -271,10 +333,14 @@ class Applier:
 
         # Nearly every migration gets its locks at once: only a first lock timeout pays for
         # the retry machinery, which then takes that failure for its own first attempt.
-        try:
-            return attempt()
-        except _LockTimeoutRetry as failure:
-            first: list[_LockTimeoutRetry] = [failure]
+        first: list[_LockTimeoutRetry] = []
+        if timed_out is not None:
+            first.append(timed_out)
+        else:
+            try:
+                return attempt()
+            except _LockTimeoutRetry as failure:
+                first.append(failure)
 
         def again() -> int:
             if first:
@@ -306,6 +372,7 @@ class Applier:
     def _transactional(self, step: _Step) -> int:
         done = self._body(step, self._opening(), self._closing(step, commit=True))
         self._wrote = True
+        self._clean = True  # its closing reset committed with it
         return done
 
     def _single_transaction(self, steps: Sequence[_Step]) -> int:
@@ -316,11 +383,16 @@ class Applier:
             done += self._body(step, _Own("", 0), self._closing(step, commit=False))
         db.execute(self.conn, _COMMIT)
         self._wrote = True
+        self._clean = True
         return done
 
-    def _opening(self) -> _Own:
-        if self._opening_text is not None:
-            return self._opening_text
+    def _opening(self, *, reset: bool | None = None) -> _Own:
+        """BEGIN, the reset unless the session is known to be clean, the timeouts. Whatever
+        follows may fail and leave the session as it was mid-file: not clean until it commits."""
+        reset = not self._clean if reset is None else reset
+        self._clean = False
+        if reset in self._openings:
+            return self._openings[reset]
         timeouts = sql.SQL(
             "SELECT set_config('lock_timeout', {lock}, true), "
             "set_config('statement_timeout', {statement}, true)"
@@ -328,12 +400,21 @@ class Applier:
             lock=sql.Literal(f"{self.lock_timeout_ms}ms"),
             statement=sql.Literal(f"{self.statement_timeout_ms}ms"),
         )
-        text = f"BEGIN;\n{SESSION_RESET};\n{timeouts.as_string(self.conn)};\n"
-        self._opening_text = _Own(text, 1 + SESSION_RESET_STATEMENTS + 1)  # the same each time
-        return self._opening_text
+        if reset:
+            opening = _Own(
+                f"BEGIN;\n{SESSION_RESET};\n{timeouts.as_string(self.conn)};\n",
+                1 + SESSION_RESET_STATEMENTS + 1,
+            )
+        else:
+            opening = _Own(f"BEGIN;\n{timeouts.as_string(self.conn)};\n", 2)
+        self._openings[reset] = opening  # the same each time
+        return opening
 
-    def _closing(self, step: _Step, *, commit: bool) -> _Own:
+    def _closing(self, step: _Step, *, commit: bool, returning: bool = False) -> _Own:
+        """The reset, the row (with its execution_ms back when `returning`), COMMIT."""
         record = self._record(step).as_string(self.conn)
+        if returning:
+            record += " RETURNING execution_ms"
         text = f"\n;\n{SESSION_RESET};\n{record};" + ("\nCOMMIT;" if commit else "")
         return _Own(text, SESSION_RESET_STATEMENTS + 1 + int(commit))
 
@@ -341,17 +422,7 @@ class Applier:
         """Run the file between `opening` and `closing`, our own statements: one query for a
         small file; batches, and COPY data streamed, for the rest. Returns its statement count."""
         shape = step.file.shape
-        if shape.wrapper:
-            begin, commit = shape.wrapper
-            logs.event(
-                logging.WARNING,
-                "migration.transaction_wrapper_ignored",
-                f"{step.file.filename}: its own BEGIN (line {begin.line}) and COMMIT (line "
-                f"{commit.line}) are ignored: it runs in the runner's transaction with its row",
-                **step.fields,
-                begin_line=begin.line,
-                commit_line=commit.line,
-            )
+        _note_wrapper(step)
         if step.file.content is not None and not shape.has_copy:
             text = locate.blanked(step.file.text(), shape.skipped)
 
@@ -430,11 +501,12 @@ class Applier:
 
     def _send(self, step: _Step, query: str, where: Callable[[db.ScriptError], Where]) -> int:
         """Run `query` in the migration's transaction; a failure rolls it back and names the
-        file's line that `where` finds for it. Returns how many statements ran."""
+        file's line that `where` finds for it. Returns how many statements ran. The log lines
+        due are written while the server runs it."""
         if self._probe:
             self._probe.arm(self.conn.info.backend_pid, self.lock_timeout_ms / 1000)
         try:
-            ran = db.run_script(self.conn, query)
+            ran = db.run_script(self.conn, query, meanwhile=logs.write_due)
         except db.ScriptError as failure:
             blockers = self._probe.disarm() if self._probe else []
             error = failure.error
@@ -453,8 +525,13 @@ class Applier:
         return ran
 
     def _notice(self, diagnostic: psycopg.errors.Diagnostic) -> None:
-        """A NOTICE or WARNING the server sent while a migration ran (RAISE NOTICE, say)."""
+        """A NOTICE or WARNING the server sent while a migration ran (RAISE NOTICE, say). In a
+        batch, the COMMITs come back so far tell whose: every block opens with a BEGIN, whose
+        result libpq hands over before it reads any notice that follows it."""
         step = self._running
+        if self._together is not None:
+            steps, results = self._together
+            step = steps[min(_commits(results), len(steps) - 1)]
         if step is None:
             return
         severity = diagnostic.severity_nonlocalized or diagnostic.severity or "NOTICE"
@@ -483,6 +560,122 @@ class Applier:
     def _reset_session(self) -> None:
         db.run_script(self.conn, SESSION_RESET)
 
+    # -- several at once ----------------------------------------------------------------------
+
+    def _up_together(self, steps: Sequence[_Step]) -> int:
+        """`steps` in one query, each its own BEGIN ... COMMIT block with its row. Returns how
+        many migrations it settled: all of them, or those before a block that hit the lock
+        timeout and that block, retried alone."""
+        stopping.check()
+        blocks: list[_Block] = []
+        query = ""
+        for position, step in enumerate(steps):
+            # After a block that committed, its reset has cleaned the session.
+            opening = self._opening(reset=None if position == 0 else False)
+            text = locate.blanked(step.file.text(), step.file.shape.skipped)
+            self._announce(step, batch=len(steps))
+            _note_wrapper(step)
+            blocks.append(_Block(step, len(query) + len(opening.text), opening, text))
+            query += opening.text + text + self._closing(step, commit=True, returning=True).text
+        results: list[PGresult] = []
+        self._together = (steps, results)
+        if self._probe:
+            self._probe.arm(self.conn.info.backend_pid, self.lock_timeout_ms / 1000)
+        try:
+            db.run_script(self.conn, query, meanwhile=logs.write_due, into=results)
+        except db.ScriptError as failure:
+            blockers = self._probe.disarm() if self._probe else []
+            self._together = None
+            return self._together_failed(blocks, results, failure, blockers)
+        except KeyboardInterrupt:
+            self._together_interrupted(blocks, results)
+            raise
+        except psycopg.OperationalError as error:
+            committed = self._record_together(blocks, results)
+            raise self._lost(steps[min(committed, len(steps) - 1)], error) from None
+        finally:
+            self._together = None
+            if self._probe:
+                self._probe.disarm()
+            logs.write_due()
+        self._record_together(blocks, results)
+        self._clean = True
+        return len(steps)
+
+    def _together_failed(
+        self,
+        blocks: Sequence[_Block],
+        results: Sequence[PGresult],
+        failure: db.ScriptError,
+        blockers: list[dict[str, Any]],
+    ) -> int:
+        """A block failed: those before it committed; it rolled back; none after it ran."""
+        committed = self._record_together(blocks, results)
+        block = blocks[committed]
+        error = failure.error
+        if self._connection_lost(error):
+            raise self._lost(block.step, error) from None
+        self._rollback()
+        if failure.statement_index == 0:  # not even BEGIN ran: the server could not parse it
+            for each in blocks:  # alone, each in its own query: the error names its line
+                self._run(each.step)
+            return len(blocks)
+        if error.sqlstate == LOCK_NOT_AVAILABLE and self.lock_timeout_ms:
+            self._run(block.step, timed_out=_LockTimeoutRetry(blockers))
+            return committed + 1
+        at = locate.position(error.diag.statement_position)
+        where = locate.in_text(
+            block.text,
+            offset=None if at is None else at - block.offset,
+            statement_index=failure.statement_index
+            - _statements_before_block(results)
+            - block.opening.statements,
+        )
+        raise self._failure(block.step, error, where, rolled_back=True) from None
+
+    def _together_interrupted(self, blocks: Sequence[_Block], results: Sequence[PGresult]) -> None:
+        """After a signal: the blocks whose COMMIT came back are applied; the next one may have
+        committed before the cancel reached it, which its row tells."""
+        committed = self._record_together(blocks, results)
+        if committed == len(blocks):
+            self._note_in_flight(blocks[-1].step, True)
+            return
+        step = blocks[committed].step
+        landed = self._committed_anyway(step)
+        if landed:
+            self._done(step)
+        self._note_in_flight(step, landed)
+
+    def _record_together(self, blocks: Sequence[_Block], results: Sequence[PGresult]) -> int:
+        """Each block whose COMMIT came back is applied, with the duration its row holds.
+        Returns how many."""
+        committed = 0
+        ran = 0
+        for index, result in enumerate(results):
+            if result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+                break
+            if result.command_status != _COMMIT_TAG:
+                ran += 1
+                continue
+            block = blocks[committed]
+            row = results[index - 1]  # the row's INSERT ... RETURNING execution_ms
+            self._done(block.step)
+            self._announced.discard(block.step.migration.version)
+            self._wrote = True
+            logs.later(
+                logging.INFO,
+                "migration.applied",
+                f"applied {block.step.file.filename}",
+                **block.step.fields,
+                checksum=block.step.file.checksum,
+                statements=ran - block.opening.statements - SESSION_RESET_STATEMENTS - 1,
+                duration_ms=int(row.get_value(0, 0) or 0) if row.ntuples else 0,
+                batch=len(blocks),
+            )
+            committed += 1
+            ran = 0
+        return committed
+
     # -- no transaction -----------------------------------------------------------------------
 
     def _no_transaction(self, step: _Step) -> int:
@@ -490,6 +683,7 @@ class Applier:
         written. The row says `running` until the last one succeeds; a failure or a death
         leaves it `running` or `failed` for a person."""
         version = step.migration.version
+        self._clean = False
         self._reset_session()
         # Explicit (0: off), so that a role's own default cannot cut a long index build short.
         db.execute(
@@ -540,6 +734,7 @@ class Applier:
         else:
             self.table.delete(version)
         self._wrote = True
+        self._clean = True
         return done
 
     def _no_transaction_statement(self, step: _Step, statement: Statement) -> None:
@@ -656,6 +851,60 @@ class Applier:
             f"{' '.join(str(error).split())}; run again: the tracking table tells whether it "
             "committed"
         )
+
+
+def _note_wrapper(step: _Step) -> None:
+    """A file's own BEGIN and COMMIT around everything: skipped, and said so."""
+    if not step.file.shape.wrapper:
+        return
+    begin, commit = step.file.shape.wrapper
+    logs.later(
+        logging.WARNING,
+        "migration.transaction_wrapper_ignored",
+        f"{step.file.filename}: its own BEGIN (line {begin.line}) and COMMIT (line "
+        f"{commit.line}) are ignored: it runs in the runner's transaction with its row",
+        **step.fields,
+        begin_line=begin.line,
+        commit_line=commit.line,
+    )
+
+
+def _together(migrations: Sequence[Migration], most: int) -> list[_Step]:
+    """The small transactional migrations at the head of `migrations` that can go to the
+    server in one query: at most `most`, and TOGETHER_CHARACTERS of text."""
+    steps: list[_Step] = []
+    size = 0
+    for migration in migrations[:most]:
+        file = migration.up
+        if file.no_transaction or file.content is None or file.shape.has_copy:
+            break
+        size += len(file.content)
+        if steps and size > TOGETHER_CHARACTERS:
+            break
+        steps.append(_Step(migration, file, Direction.UP))
+    return steps
+
+
+def _commits(results: Sequence[PGresult]) -> int:
+    return sum(1 for result in results if result.command_status == _COMMIT_TAG)
+
+
+def _statements_before_block(results: Sequence[PGresult]) -> int:
+    """How many statements ran before the block being run: up to its predecessor's COMMIT."""
+    for index in range(len(results) - 1, -1, -1):
+        if results[index].command_status == _COMMIT_TAG:
+            return index + 1
+    return 0
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One migration's BEGIN ... COMMIT block in a batch; its file text starts at `offset`."""
+
+    step: _Step
+    offset: int
+    opening: _Own
+    text: str
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,8 @@ def up(
         with _applier(table, settings, sleep, report) as applier:
             if single_transaction and todo:
                 applier.up_all_in_one(todo)
-            for migration in () if single_transaction else todo:
-                applier.up(migration)
+            elif todo:
+                applier.up_each(todo)
         lock.release(conn, key)
 
 
