@@ -99,9 +99,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated file sizes (MiB) of bigfile (40,200; 4,20 with --quick); sets of "
         "100 MiB and more get min(--runs, 3) runs",
     )
-    parser.add_argument("--target-noop", type=float, default=1.3)
-    parser.add_argument("--target-many", type=float, default=1.2)
-    parser.add_argument("--target-bulk", type=float, default=1.05)
+    parser.add_argument("--target-noop", type=float, default=1.2)
+    parser.add_argument("--target-many", type=float, default=1.15)
+    parser.add_argument("--target-bulk", type=float, default=1.03)
+    parser.add_argument(
+        "--target-many-sync",
+        type=float,
+        default=1.25,
+        help="many-sync: the runner as shipped, behind the synchronous standby",
+    )
     parser.add_argument("--target-race", type=float, default=2.0, help="for the smallest crowd")
     parser.add_argument(
         "--target-race-baseline",

@@ -55,13 +55,13 @@ def bench_many_sync(ctx: Context, runs: int, count: int) -> list[Workload]:
                 f"many-sync: {what}, on a throwaway primary whose commits wait for a synchronous "
                 f"standby {delay_ms:g} ms away each way (one synchronous commit "
                 f"{costs['standby'][0]:.2f} ms)",
-                _rows(),
+                _rows(args.target_many_sync),
             ),
             "local": Workload(
                 "many_sync_local",
                 f"many-sync (local): the same on the benchmark's server, no standby (one "
                 f"synchronous commit {costs['local'][0]:.2f} ms)",
-                _rows(),
+                _rows(None),
             ),
         }
         flushes = _measure(contexts, works, mset, runs)
@@ -87,12 +87,14 @@ def bench_many_sync(ctx: Context, runs: int, count: int) -> list[Workload]:
         pair.close()
 
 
-def _rows() -> list[Row]:
+def _rows(target: float | None) -> list[Row]:
     return [
         Row(TOOLS["psql"], "floor", note="one transaction, one commit"),
         Row(
             TOOLS["shipped"],
-            "info",
+            "info" if target is None else "target",
+            target_ratio=target,
+            no_failures=True,
             note="as shipped: asynchronous commit per migration, one synchronous at the end",
         ),
         Row(
