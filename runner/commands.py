@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import tenacity
 from psycopg import sql
 
 from runner import (
@@ -22,11 +21,9 @@ from runner import (
     migrations,
     placeholders,
     present,
-    retry,
     tracking,
     wait,
 )
-from runner.apply import Applier
 from runner.config import Settings
 from runner.errors import (
     AwaitTimeout,
@@ -54,6 +51,9 @@ from runner.planner import (
     plan_down,
     plan_goto,
 )
+
+if TYPE_CHECKING:
+    from runner.apply import Applier
 
 Sleep = Callable[[float], Any]
 _CURRENT_USER = sql.SQL("SELECT current_user")
@@ -346,6 +346,10 @@ def await_schema(settings: Settings, report: RunReport, *, sleep: Sleep = time.s
     """Read-only, no lock: wait until every version in MIGRATIONS_DIR is applied (exit 0), or
     AWAIT_TIMEOUT passes (75); a database newer than the image is an error (66) unless
     IGNORE_FUTURE_VERSIONS."""
+    import tenacity  # only `await` waits for others here
+
+    from runner import retry
+
     files = checked_files(settings)
     wanted = [m.version for m in parse_files(files)]
     unreachable: DatabaseUnreachable | None = None  # why the last look could not read
@@ -624,6 +628,8 @@ def _applier(
     table: tracking.TrackingTable, settings: Settings, sleep: Sleep, report: RunReport
 ) -> Iterator[Applier]:
     """An Applier whose committed versions end up in `report`, whatever happens."""
+    from runner.apply import Applier  # a run with nothing to apply never needs it
+
     applier = Applier(table, settings, applied_by=_applied_by(table.conn), sleep=sleep)
     try:
         yield applier

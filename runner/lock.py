@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import tenacity
 from psycopg import sql
 
-from runner import db, logs, retry
+from runner import db, logs
 from runner.config import ConnectionSettings, TableName
 from runner.errors import LockTimeout, UnstableSession
 
@@ -67,6 +66,10 @@ def acquire(
 
     While waiting, `unneeded()` is asked after each try; when it says the lock is no longer
     needed (the holder did the work), give up waiting and return None."""
+    import tenacity  # here: a run that finds nothing to do never needs it
+
+    from runner import retry
+
     key = lock_key(table)
     started = time.monotonic()
     last_logged = [-WAITING_LOG_INTERVAL]

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import tenacity
 from psycopg import sql
 
-from runner import credentials, db, logs, retry
+from runner import credentials, db, logs
 from runner.config import ConnectionSettings
 from runner.errors import (
     AuthenticationFailed,
@@ -119,53 +118,26 @@ def wait_for_database(
     `writable`: a server that only reads (a hot standby, default_transaction_read_only) is
     waited out like a server that is down: a failover may promote it."""
     target = settings.describe()
-    attempts = 0
-
-    def log_retry(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        logs.event(
-            logging.WARNING,
-            "db.wait.attempt",
-            f"database not ready: {error}",
-            attempt=state.attempt_number,
-            target=target,
-            retry_in_s=round(state.upcoming_sleep, 3),
-            error=str(error),
-        )
-
-    policy = retry.backoff(
-        deadline=deadline,
-        retry=tenacity.retry_if_exception_type(TransientConnectError),
-        sleep=sleep,
-        initial=0.2,
-        maximum=5.0,
-        before_sleep=log_retry,
-    )
     started = time.monotonic()
-    connected: list[db.Connection] = []
+
+    def attempt(left: float) -> db.Connection:
+        # libpq treats timeouts under 2 s as 2 s
+        timeout = max(2, min(settings.connect_timeout, round(left)))
+        try:
+            conn = connect(settings, connect_timeout=timeout)
+        except psycopg.OperationalError as error:
+            raise classify(error) from None
+        except credentials.CredentialsUnavailable as error:
+            raise TransientConnectError(str(error)) from None
+        if writable:
+            _refuse_read_only(conn)
+        return conn
+
+    # Nearly every run connects at the first try: only a failure pays for the retry machinery.
     try:
-        for attempt in policy:
-            with attempt:
-                attempts += 1
-                left = retry.remaining(attempt.retry_state, deadline)
-                # libpq treats timeouts under 2 s as 2 s
-                timeout = max(2, min(settings.connect_timeout, round(left)))
-                try:
-                    conn = connect(settings, connect_timeout=timeout)
-                except psycopg.OperationalError as error:
-                    raise classify(error) from None
-                except credentials.CredentialsUnavailable as error:
-                    raise TransientConnectError(str(error)) from None
-                if writable:
-                    _refuse_read_only(conn)
-                connected.append(conn)
-    except tenacity.RetryError as gave_up:
-        last = gave_up.last_attempt.exception()
-        raise DatabaseUnreachable(
-            f"database {target} not reachable within {deadline:g}s after {attempts} "
-            f"attempts: {last}"
-        ) from None
-    conn = connected[0]
+        conn, attempts = attempt(deadline), 1
+    except TransientConnectError as failure:
+        conn, attempts = _keep_trying(target, attempt, failure, deadline, started, sleep)
     reached = f"{conn.info.host}:{conn.info.port}"
     logs.event(
         logging.INFO,
@@ -179,3 +151,58 @@ def wait_for_database(
         server_version=conn.info.server_version,
     )
     return conn
+
+
+def _keep_trying(
+    target: str,
+    attempt: Callable[[float], db.Connection],
+    failure: TransientConnectError,
+    deadline: float,
+    started: float,
+    sleep: Callable[[float], Any],
+) -> tuple[db.Connection, int]:
+    """After a first failed try: jittered backoff until `deadline` seconds from `started`.
+    The policy takes that failure for its own first attempt."""
+    import tenacity
+
+    from runner import retry
+
+    first = [failure]
+    attempts = 1
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        logs.event(
+            logging.WARNING,
+            "db.wait.attempt",
+            f"database not ready: {error}",
+            attempt=state.attempt_number,
+            target=target,
+            retry_in_s=round(state.upcoming_sleep, 3),
+            error=str(error),
+        )
+
+    left = max(deadline - (time.monotonic() - started), 0.0)  # the first try took some
+    policy = retry.backoff(
+        deadline=left,
+        retry=tenacity.retry_if_exception_type(TransientConnectError),
+        sleep=sleep,
+        initial=0.2,
+        maximum=5.0,
+        before_sleep=log_retry,
+    )
+    connected: list[db.Connection] = []
+    try:
+        for each in policy:
+            with each:
+                if first:
+                    raise first.pop()
+                attempts += 1
+                connected.append(attempt(retry.remaining(each.retry_state, left)))
+    except tenacity.RetryError as gave_up:
+        last = gave_up.last_attempt.exception()
+        raise DatabaseUnreachable(
+            f"database {target} not reachable within {deadline:g}s after {attempts} "
+            f"attempts: {last}"
+        ) from None
+    return connected[0], attempts

@@ -88,7 +88,7 @@ def test_waiting_retries_transient_failures_then_gives_up_with_the_last_error() 
     with pytest.raises(DatabaseUnreachable, match="Connection refused"):
         wait.wait_for_database(settings, deadline=3, sleep=slept.append, connect=refuse)
     assert len(attempts) == len(slept) + 1
-    assert sum(slept) == pytest.approx(3)
+    assert sum(slept) == pytest.approx(3, abs=0.05)  # less the first try's own time
     assert all(2 <= timeout <= 5 for timeout in attempts)
 
 
