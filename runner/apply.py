@@ -37,7 +37,7 @@ from runner.errors import (
 from runner.locate import Where
 from runner.planner import FileShape, Migration, MigrationFile
 from runner.sqlscript import CopyData, Statement
-from runner.tracking import TrackingTable
+from runner.tracking import STARTED_SETTING, TrackingTable
 
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
@@ -53,10 +53,12 @@ _COMMIT_TAG = b"COMMIT"
 # role, settings, temporary tables, prepared statements, cursors, listeners, cached plans and
 # sequence values. Not DISCARD ALL, which would also release the migration lock. Every statement
 # here may run inside a transaction block.
-SESSION_RESET = (
-    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; "
-    f"DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES; {durability.ASYNCHRONOUS}"
+ROLE_RESET = "SET SESSION AUTHORIZATION DEFAULT"
+SETTINGS_RESET = (
+    "RESET ALL; DEALLOCATE ALL; CLOSE ALL; UNLISTEN *; DISCARD PLANS; DISCARD TEMP; "
+    f"DISCARD SEQUENCES; {durability.ASYNCHRONOUS}"
 )
+SESSION_RESET = f"{ROLE_RESET}; {SETTINGS_RESET}"
 SESSION_RESET_STATEMENTS = SESSION_RESET.count(";") + 1
 _COMMIT = sql.SQL("COMMIT")
 _ROLLBACK = sql.SQL("ROLLBACK")
@@ -395,8 +397,10 @@ class Applier:
             return self._openings[reset]
         timeouts = sql.SQL(
             "SELECT set_config('lock_timeout', {lock}, true), "
-            "set_config('statement_timeout', {statement}, true)"
+            "set_config('statement_timeout', {statement}, true), "
+            "set_config({started}, date_part('epoch', clock_timestamp())::text, true)"
         ).format(
+            started=sql.Literal(STARTED_SETTING),
             lock=sql.Literal(f"{self.lock_timeout_ms}ms"),
             statement=sql.Literal(f"{self.statement_timeout_ms}ms"),
         )
@@ -411,11 +415,14 @@ class Applier:
         return opening
 
     def _closing(self, step: _Step, *, commit: bool, returning: bool = False) -> _Own:
-        """The reset, the row (with its execution_ms back when `returning`), COMMIT."""
+        """The role back to the runner's, the row (with its execution_ms back when
+        `returning`), the rest of the reset, COMMIT. The row comes before RESET ALL, which
+        would clear the start its opening recorded; nothing the file may have set otherwise
+        changes what the row's statement does."""
         record = self._record(step).as_string(self.conn)
         if returning:
             record += " RETURNING execution_ms"
-        text = f"\n;\n{SESSION_RESET};\n{record};" + ("\nCOMMIT;" if commit else "")
+        text = f"\n;\n{ROLE_RESET};\n{record};\n{SETTINGS_RESET};" + ("\nCOMMIT;" if commit else "")
         return _Own(text, SESSION_RESET_STATEMENTS + 1 + int(commit))
 
     def _body(self, step: _Step, opening: _Own, closing: _Own) -> int:
@@ -658,7 +665,8 @@ class Applier:
                 ran += 1
                 continue
             block = blocks[committed]
-            row = results[index - 1]  # the row's INSERT ... RETURNING execution_ms
+            # The row's INSERT ... RETURNING execution_ms, before the settings' reset.
+            row = results[index - SESSION_RESET_STATEMENTS]
             self._done(block.step)
             self._announced.discard(block.step.migration.version)
             self._wrote = True

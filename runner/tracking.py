@@ -57,11 +57,18 @@ _INSERT = (
     "VALUES (%(version)s, %(name)s, %(checksum)s, %(status)s, 0, %(applied_by)s)"
 )
 # The row of a transactional migration, values inlined so that it travels in the same query as
-# the migration; execution_ms is measured by the server from the start of the transaction.
+# the migration; execution_ms is measured by the server from the migration's start, which the
+# opening of its transaction records in a setting of the transaction (epoch seconds). Not now():
+# the transactions of a batch, sent in one query, all start when the query arrives. (A file
+# that resets every setting leaves now().)
+STARTED_SETTING = "migration_runner.started_at"
 _RECORD = (
-    "INSERT INTO {table} (version, name, checksum, status, execution_ms, applied_by) "
-    "VALUES ({version}, {name}, {checksum}, 'applied', "
-    "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, {applied_by})"
+    "INSERT INTO {table} (version, name, checksum, status, applied_at, execution_ms, applied_by) "
+    "SELECT {version}, {name}, {checksum}, 'applied', pg_catalog.to_timestamp(started), "
+    "((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) - started) * 1000)::bigint, "
+    "{applied_by} FROM (SELECT COALESCE(NULLIF(pg_catalog.current_setting("
+    f"'{STARTED_SETTING}', true), '')::float8, pg_catalog.date_part('epoch', pg_catalog.now())) "
+    "AS started) AS migration"
 )
 
 

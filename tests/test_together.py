@@ -178,3 +178,31 @@ def test_a_locked_table_in_a_batch_retries_that_migration_alone(
     assert {entry["version"] for entry in timeouts} == {6}
     assert recorded(database_url) == [(version, "applied") for version in range(1, 9)]
     assert [entry["version"] for entry in of(run, "migration.started")] == list(range(2, 9))
+
+
+def test_each_row_of_a_batch_holds_its_own_start_and_duration(
+    database_url: str, migrations_dir: Path
+) -> None:
+    write_tables(migrations_dir, range(1, 2))
+    for version in (2, 3):  # the batch of two
+        write_migration(
+            migrations_dir,
+            f"{version}_slow.up.sql",
+            f"CREATE TABLE t{version} (id int);\nSELECT pg_sleep(0.3);\n",
+        )
+    run = up(database_url, migrations_dir)
+    assert run.code == 0, run.stderr
+    assert [entry["batch"] for entry in of(run, "migration.applied")[1:]] == [2, 2]
+    rows = query(
+        database_url,
+        "SELECT version, execution_ms, "
+        "extract(epoch FROM applied_at - lag(applied_at) OVER (ORDER BY version)) * 1000 "
+        "FROM schema_migrations ORDER BY version",
+    )
+    (_, _, _), (_, second_ms, _), (_, third_ms, third_started_after) = rows
+    # Not measured from the batch's start, which would make the third 600 ms.
+    assert 290 <= second_ms < 550
+    assert 290 <= third_ms < 550
+    assert 290 <= float(third_started_after) < 550
+    durations = {entry["version"]: entry["duration_ms"] for entry in of(run, "migration.applied")}
+    assert (durations[2], durations[3]) == (second_ms, third_ms)
