@@ -7,7 +7,7 @@ import sys
 # Runnable from a checkout or the image without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from runner.cli import main
+from runner.cli import exit_now, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -1,5 +1,3 @@
-import sys
+from runner.cli import exit_now, main
 
-from runner.cli import main
-
-sys.exit(main())
+exit_now(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -376,6 +377,19 @@ def main(
     _quit_proxy(settings.proxy_quit_url if settings else environ.get("PROXY_QUIT_URL", ""))
     _finish(code, error, report, settings)
     return int(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with `code` once everything it wrote is flushed, without the
+    interpreter's teardown of the few hundred modules a run imports: 30 to 50 ms of a run that
+    had nothing to do, which every init container pays. For the command line only: main()
+    itself returns, for callers in a longer-lived process."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # A reader that went away, or a stream already closed: nothing more can reach it.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def _quit_proxy(url: str | None) -> None:
