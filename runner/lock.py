@@ -104,7 +104,7 @@ def acquire(
         retry=tenacity.retry_if_result(lambda outcome: outcome is None),
         sleep=sleep,
         initial=0.05,
-        maximum=0.25,  # waiters notice a released lock, or finished work, within 0.25 s
+        maximum=0.1,  # waiters notice a released lock, or finished work, within 0.1 s
         before_sleep=log_waiting,
     )
     try:
