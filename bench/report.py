@@ -37,6 +37,8 @@ class Row:
     bound_seconds: float | None = None
     ratio: float | None = None
     min_ratio: float | None = None  # best run / the floor's best run: less sensitive to noise
+    # The median of each run's own ratio (run i / the floor's run i, measured moments apart).
+    paired_ratio: float | None = None
     passed: bool | None = None
 
     def seconds(self) -> list[float]:
@@ -76,6 +78,11 @@ class Row:
         if floor is not None and floor.samples and self.samples:
             self.ratio = self.median() / floor.median()
             self.min_ratio = min(self.seconds()) / min(floor.seconds())
+            if len(self.samples) == len(floor.samples):
+                self.paired_ratio = statistics.median(
+                    mine / theirs
+                    for mine, theirs in zip(self.seconds(), floor.seconds(), strict=True)
+                )
         if self.role != "target":
             return
         ok = True
@@ -103,6 +110,9 @@ class Row:
             "max_s": round(max(self.seconds()), 4) if self.samples else None,
             "ratio_to_floor": round(self.ratio, 3) if self.ratio is not None else None,
             "min_ratio_to_floor": round(self.min_ratio, 3) if self.min_ratio is not None else None,
+            "paired_ratio_to_floor": (
+                round(self.paired_ratio, 3) if self.paired_ratio is not None else None
+            ),
             "target_ratio": self.target_ratio,
             "target_no_failures": self.no_failures,
             "target_max_seconds": self.max_seconds,
@@ -212,11 +222,13 @@ def render(
         f"LOG_LEVEL={ctx.args.log_level}",
         f"runs        {ctx.args.runs} per figure{' (--quick)' if ctx.args.quick else ''}; "
         "seconds are wall time; ratio = median / floor median (same invocation), judged "
-        "against the target; (min) = best / floor's best, for a noisy machine",
+        "against the target; (min) = best / floor's best; (paired) = median of each run's "
+        "ratio to the floor's run of the same round",
         "",
     ]
     header = (
-        f"{'tool':<38} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7} {'(min)':>7}  "
+        f"{'tool':<38} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7} {'(min)':>7} "
+        f"{'(paired)':>8}  "
         f"{'target':<17} result"
     )
     for work in workloads:
@@ -228,6 +240,7 @@ def render(
             seconds = row.seconds()
             ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
             min_ratio = f"{row.min_ratio:.2f}x" if row.min_ratio is not None else "-"
+            paired = f"{row.paired_ratio:.2f}x" if row.paired_ratio is not None else "-"
             result = {True: "PASS", False: "FAIL", None: ""}[row.passed]
             extra = [row.note] if row.note else []
             if row.show_rss and row.peak_rss_mb() is not None:
@@ -236,8 +249,8 @@ def render(
                 extra.insert(0, f"{row.failures()}/{row.processes()} processes failed")
             lines.append(
                 f"{row.tool:<38} {row.median():>7.3f}s {min(seconds):>7.3f}s "
-                f"{max(seconds):>7.3f}s {ratio:>7} {min_ratio:>7}  {row.target_text():<17} {result}"
-                + (f"  [{'; '.join(extra)}]" if extra else "")
+                f"{max(seconds):>7.3f}s {ratio:>7} {min_ratio:>7} {paired:>8}  "
+                f"{row.target_text():<17} {result}" + (f"  [{'; '.join(extra)}]" if extra else "")
             )
         lines += [f"   note: {note}" for note in work.notes]
         lines.append("")
