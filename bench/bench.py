@@ -53,6 +53,21 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     "migration-runner-bench"
 )
 WORKLOADS = ("noop", "many", "bulk", "race", "bigfile", "many-sync")
+# The targets (issue 13's), each a flag: (flag, default, what it bounds).
+TARGETS = (
+    ("--target-noop", 1.2, "noop: ratio to import psycopg + connect"),
+    ("--target-many", 1.15, "many: ratio to psql -1 -f"),
+    ("--target-bulk", 1.03, "bulk: ratio to psql -1 -f"),
+    ("--target-many-sync", 1.25, "many-sync: the runner as shipped, behind the standby"),
+    ("--target-race", 2.0, "race, the smallest crowd: ratio to psql -1 -f"),
+    (
+        "--target-race-baseline",
+        1.3,
+        "race, the smallest crowd: median <= psql floor + this x the same crowd of bare "
+        "`python -c 'import psycopg'` released at one instant",
+    ),
+    ("--target-memory-mb", 45.0, "peak RSS of each `many` run, MB"),
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -99,24 +114,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated file sizes (MiB) of bigfile (40,200; 4,20 with --quick); sets of "
         "100 MiB and more get min(--runs, 3) runs",
     )
-    parser.add_argument("--target-noop", type=float, default=1.2)
-    parser.add_argument("--target-many", type=float, default=1.15)
-    parser.add_argument("--target-bulk", type=float, default=1.03)
-    parser.add_argument(
-        "--target-many-sync",
-        type=float,
-        default=1.25,
-        help="many-sync: the runner as shipped, behind the synchronous standby",
-    )
-    parser.add_argument("--target-race", type=float, default=2.0, help="for the smallest crowd")
-    parser.add_argument(
-        "--target-race-baseline",
-        type=float,
-        default=1.3,
-        help="smallest crowd: median <= psql floor + this x the same crowd of bare "
-        "`python -c 'import psycopg'` released at one instant",
-    )
-    parser.add_argument("--target-memory-mb", type=float, default=45.0)
+    for flag, default, meaning in TARGETS:
+        parser.add_argument(flag, type=float, default=default, help=meaning)
     parser.add_argument(
         "--bigfile-rss-mb",
         type=float,
