@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
+from runner import commands, db
+from runner.config import from_env
 from tests.conftest import Run, query, run_entrypoint, runner_env, write_migration
 
 
@@ -206,3 +209,37 @@ def test_each_row_of_a_batch_holds_its_own_start_and_duration(
     assert 290 <= float(third_started_after) < 550
     durations = {entry["version"]: entry["duration_ms"] for entry in of(run, "migration.applied")}
     assert (durations[2], durations[3]) == (second_ms, third_ms)
+
+
+def test_a_signal_while_a_batch_runs_reports_exactly_what_committed(
+    database_url: str, migrations_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal comes while the runner writes its log lines, the batch in flight: the
+    statement running is cancelled, and what the run reports applied is what the table holds."""
+    write_tables(migrations_dir, range(1, 3))
+    write_migration(
+        migrations_dir, "3_slow.up.sql", "CREATE TABLE t3 (id int);\nSELECT pg_sleep(20);\n"
+    )
+    real_run_script = db.run_script
+
+    def signal_meanwhile(conn: db.Connection, script: str, **kwargs: Any) -> int:
+        if "pg_sleep" in script and kwargs.get("meanwhile") is not None:
+            kwargs["meanwhile"] = _interrupt
+        return real_run_script(conn, script, **kwargs)
+
+    monkeypatch.setattr(db, "run_script", signal_meanwhile)
+    settings = from_env({"DATABASE_URL": database_url, "MIGRATIONS_DIR": str(migrations_dir)})
+    report = commands.RunReport(command="up")
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        commands.up(settings, report)
+    assert time.monotonic() - started < 15
+    monkeypatch.undo()
+    assert [version for version, _ in recorded(database_url)] == report.applied
+    assert report.applied in ([1], [1, 2])
+    assert "t3" not in tables(database_url)
+    assert report.in_flight is not None
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
