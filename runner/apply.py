@@ -434,12 +434,7 @@ class Applier:
             text = locate.blanked(step.file.text(), shape.skipped)
 
             def where(failure: db.ScriptError) -> Where:
-                at = locate.position(failure.error.diag.statement_position)
-                return locate.in_text(
-                    text,
-                    offset=None if at is None else at - len(opening.text),
-                    statement_index=failure.statement_index - opening.statements,
-                )
+                return _in_file(text, failure, len(opening.text), opening.statements)
 
             ran = self._send(step, opening.text + text + closing.text, where)
             return ran - opening.statements - closing.statements
@@ -586,14 +581,14 @@ class Applier:
             query += opening.text + text + self._closing(step, commit=True, returning=True).text
         results: list[PGresult] = []
         self._together = (steps, results)
+        failure: db.ScriptError | None = None
+        blockers: list[dict[str, Any]] = []
         if self._probe:
             self._probe.arm(self.conn.info.backend_pid, self.lock_timeout_ms / 1000)
         try:
             db.run_script(self.conn, query, meanwhile=logs.write_due, into=results)
-        except db.ScriptError as failure:
-            blockers = self._probe.disarm() if self._probe else []
-            self._together = None
-            return self._together_failed(blocks, results, failure, blockers)
+        except db.ScriptError as failed:
+            failure = failed
         except KeyboardInterrupt:
             self._together_interrupted(blocks, results)
             raise
@@ -603,8 +598,10 @@ class Applier:
         finally:
             self._together = None
             if self._probe:
-                self._probe.disarm()
+                blockers = self._probe.disarm()
             logs.write_due()
+        if failure is not None:
+            return self._together_failed(blocks, results, failure, blockers)
         self._record_together(blocks, results)
         self._clean = True
         return len(steps)
@@ -630,14 +627,8 @@ class Applier:
         if error.sqlstate == LOCK_NOT_AVAILABLE and self.lock_timeout_ms:
             self._run(block.step, timed_out=_LockTimeoutRetry(blockers))
             return committed + 1
-        at = locate.position(error.diag.statement_position)
-        where = locate.in_text(
-            block.text,
-            offset=None if at is None else at - block.offset,
-            statement_index=failure.statement_index
-            - _statements_before_block(results)
-            - block.opening.statements,
-        )
+        before = _statements_before_block(results) + block.opening.statements
+        where = _in_file(block.text, failure, block.offset, before)
         raise self._failure(block.step, error, where, rolled_back=True) from None
 
     def _together_interrupted(self, blocks: Sequence[_Block], results: Sequence[PGresult]) -> None:
@@ -891,6 +882,17 @@ def _together(migrations: Sequence[Migration], most: int) -> list[_Step]:
             break
         steps.append(_Step(migration, file, Direction.UP))
     return steps
+
+
+def _in_file(text: str, failure: db.ScriptError, starts_at: int, statements_before: int) -> Where:
+    """Where in a file's `text`, sent inside a larger query at character `starts_at` after
+    `statements_before` statements, a failure of that query points."""
+    at = locate.position(failure.error.diag.statement_position)
+    return locate.in_text(
+        text,
+        offset=None if at is None else at - starts_at,
+        statement_index=failure.statement_index - statements_before,
+    )
 
 
 def _commits(results: Sequence[PGresult]) -> int:
