@@ -335,19 +335,11 @@ class Applier:
 
         # Nearly every migration gets its locks at once: only a first lock timeout pays for
         # the retry machinery, which then takes that failure for its own first attempt.
-        first: list[_LockTimeoutRetry] = []
-        if timed_out is not None:
-            first.append(timed_out)
-        else:
+        if timed_out is None:
             try:
                 return attempt()
             except _LockTimeoutRetry as failure:
-                first.append(failure)
-
-        def again() -> int:
-            if first:
-                raise first.pop()
-            return attempt()
+                timed_out = failure
 
         policy = retry.backoff(
             attempts=self.lock_retries + 1,
@@ -358,7 +350,7 @@ class Applier:
             before_sleep=log_retry,
         )
         try:
-            return int(policy(again))
+            return int(policy(retry.failed_first(timed_out, attempt)))
         except tenacity.RetryError as gave_up:
             last = gave_up.last_attempt.exception()
             blockers = last.blockers if isinstance(last, _LockTimeoutRetry) else []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import tenacity
 from tenacity.retry import RetryBaseT
@@ -16,6 +16,8 @@ from tenacity.retry import RetryBaseT
 from runner import stopping
 
 RetryCallback = Callable[[tenacity.RetryCallState], None]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _elapsed(retry_state: tenacity.RetryCallState) -> float:
@@ -73,3 +75,17 @@ def backoff(
 def remaining(retry_state: tenacity.RetryCallState, deadline: float) -> float:
     """Seconds left before `deadline`, never negative."""
     return max(deadline - _elapsed(retry_state), 0.0)
+
+
+def failed_first(failure: BaseException, attempt: Callable[P, T]) -> Callable[P, T]:
+    """`attempt`, for a policy built only after a first try, made without one, failed with
+    `failure` (most runs never need the policy): the policy's first call raises that failure,
+    so that it counts as the first attempt, and later calls try again."""
+    pending = [failure]
+
+    def again(*args: P.args, **kwargs: P.kwargs) -> T:
+        if pending:
+            raise pending.pop()
+        return attempt(*args, **kwargs)
+
+    return again

@@ -162,13 +162,10 @@ def _keep_trying(
     sleep: Callable[[float], Any],
 ) -> tuple[db.Connection, int]:
     """After a first failed try: jittered backoff until `deadline` seconds from `started`.
-    The policy takes that failure for its own first attempt."""
+    Returns the connection and how many tries it took."""
     import tenacity
 
     from runner import retry
-
-    first = [failure]
-    attempts = 1
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -191,18 +188,17 @@ def _keep_trying(
         maximum=5.0,
         before_sleep=log_retry,
     )
-    connected: list[db.Connection] = []
+    again = retry.failed_first(failure, attempt)
+    connected: list[tuple[db.Connection, int]] = []
     try:
         for each in policy:
             with each:
-                if first:
-                    raise first.pop()
-                attempts += 1
-                connected.append(attempt(retry.remaining(each.retry_state, left)))
+                conn = again(retry.remaining(each.retry_state, left))
+                connected.append((conn, each.retry_state.attempt_number))
     except tenacity.RetryError as gave_up:
-        last = gave_up.last_attempt.exception()
+        last = gave_up.last_attempt
         raise DatabaseUnreachable(
-            f"database {target} not reachable within {deadline:g}s after {attempts} "
-            f"attempts: {last}"
+            f"database {target} not reachable within {deadline:g}s after "
+            f"{last.attempt_number} attempts: {last.exception()}"
         ) from None
-    return connected[0], attempts
+    return connected[0]
