@@ -181,7 +181,7 @@ def target(name: str) -> Iterator[None]:
 def event(level: int, event_name: str, message: str, /, **fields: Any) -> None:
     """Log one event: `event_name` is the stable id that machines match on. Lines due from
     `later` are written first."""
-    if getattr(_due, "lines", None):
+    if _due.lines:
         write_due()
     _write(_target.get(), level, event_name, message, fields)
 
@@ -189,19 +189,23 @@ def event(level: int, event_name: str, message: str, /, **fields: Any) -> None:
 def later(level: int, event_name: str, message: str, /, **fields: Any) -> None:
     """An event whose line may wait until the next `write_due` or `event` of this thread, so
     that it can be written while the server works: the order of lines stays as logged."""
-    if not hasattr(_due, "lines"):
-        _due.lines = []
     _due.lines.append((_target.get(), level, event_name, message, fields))
 
 
 def write_due() -> None:
     """Write this thread's lines from `later`, oldest first, each once."""
-    lines = getattr(_due, "lines", None)
-    while lines:
-        _write(*lines.pop(0))
+    while _due.lines:
+        _write(*_due.lines.pop(0))
 
 
-_due = threading.local()
+class _Due(threading.local):
+    """Each thread's lines from `later` not yet written."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str | None, int, str, str, dict[str, Any]]] = []
+
+
+_due = _Due()
 
 
 def _write(
