@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,17 +135,26 @@ def server_url() -> Iterator[str]:
         yield cluster.url()
 
 
+@contextmanager
+def fresh_database(server_url: str, *, template: str = "template1") -> Iterator[str]:
+    """A new database on the test server, dropped with its sessions when the block ends."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'.encode())
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    try:
+        yield make_conninfo("", **params)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
 @pytest.fixture
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh, empty database for this test only."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    yield make_conninfo("", **params)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -349,3 +359,14 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(sql.encode(), params or None)
         return cursor.fetchall() if cursor.description else []
+
+
+def runner_statements(url: str, text: str) -> int:
+    """How many of the runner's sessions are running a statement that contains `text`."""
+    rows = query(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migration-runner' "
+        "AND state = 'active' AND strpos(query, %s) > 0",
+        (text,),
+    )
+    return int(rows[0][0])

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from runner.catalog import (
     ADDED,
@@ -24,6 +23,7 @@ from runner.catalog import (
     snapshot,
     unexpected,
 )
+from tests.conftest import fresh_database
 
 
 def snap(url: str, *exclude: str) -> Catalog:
@@ -384,14 +384,8 @@ CREATE TABLE schema_migrations (version bigint PRIMARY KEY, note text);
 
 @pytest.fixture
 def second_database(server_url: str) -> Iterator[str]:
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"'.encode())
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    yield make_conninfo("", **params)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with fresh_database(server_url) as url:
+        yield url
 
 
 def test_two_databases_made_alike_compare_equal(database_url: str, second_database: str) -> None:

@@ -32,6 +32,7 @@ from tests.conftest import (
     query,
     run_entrypoint,
     runner_env,
+    runner_statements,
     write_migration,
 )
 
@@ -788,14 +789,7 @@ def test_sigterm_mid_fleet_rolls_back_the_running_targets_and_exits_143(
     )
     with RunnerProcess(env) as runner:
         poll_until(
-            lambda: (
-                query(
-                    database_url,
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' "
-                    "AND application_name = 'migration-runner' AND state = 'active'",
-                )[0][0]
-                == 2
-            ),
+            lambda: runner_statements(database_url, "pg_sleep(60)") == 2,
             20,
             "the runner's pg_sleep(60) never ran",
         )

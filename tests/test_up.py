@@ -22,6 +22,7 @@ from tests.conftest import (
     race_of_16,
     run_entrypoint,
     runner_env,
+    runner_statements,
     write_migration,
 )
 
@@ -303,14 +304,7 @@ def test_sigterm_during_a_long_migration_rolls_back_and_exits_143(
         runner.wait_for("migration.started")
         # The statement is running in the server now.
         poll_until(
-            lambda: (
-                query(
-                    database_url,
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' "
-                    "AND application_name = 'migration-runner' AND state = 'active'",
-                )[0][0]
-                == 1
-            ),
+            lambda: runner_statements(database_url, "pg_sleep(60)") == 1,
             15,
             "the runner's pg_sleep(60) never ran",
         )

@@ -29,7 +29,7 @@ from runner.verify import (
     drift,
     verify,
 )
-from tests.conftest import SEED_MIGRATIONS, query, write_migration
+from tests.conftest import SEED_MIGRATIONS, fresh_database, query, write_migration
 
 
 class Events(logging.Handler):
@@ -84,13 +84,8 @@ def drop_database(url: str, name: str) -> None:
 @pytest.fixture
 def empty_database(server_url: str) -> Iterator[str]:
     """Another fresh database on the server, for VERIFY_DATABASE_URL."""
-    name = f"test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0'.encode())
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    yield make_conninfo("", **params)
-    drop_database(server_url, name)
+    with fresh_database(server_url, template="template0") as url:
+        yield url
 
 
 def base_table(directory: Path) -> None:

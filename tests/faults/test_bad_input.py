@@ -12,22 +12,19 @@ import io
 import json
 import re
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from runner import cli
 from runner.exit_codes import ExitCode
-from tests.conftest import query
+from tests.conftest import fresh_database, query
 from tests.faults.harness import FaultRegistry
 
 pytestmark = pytest.mark.faults
@@ -72,14 +69,8 @@ def run_main(argv: list[str], environ: dict[str, str]) -> Outcome:
 @pytest.fixture(scope="module")
 def scratch_url(server_url: str) -> Iterator[str]:
     """A database of this module's own on the test server."""
-    name = f"faults_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"'.encode())
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    yield make_conninfo("", **params)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with fresh_database(server_url) as url:
+        yield url
 
 
 def reset(url: str) -> None:
