@@ -300,6 +300,13 @@ class RunnerProcess:
     def send(self, signum: int) -> None:
         self.process.send_signal(signum)
 
+    def stop(self, signum: int, timeout: float = 30) -> tuple[Run, float]:
+        """Send `signum` and wait for the end: the run, and the seconds it took to stop."""
+        sent = time.monotonic()
+        self.send(signum)
+        run = self.finish(timeout=timeout)
+        return run, time.monotonic() - sent
+
     def finish(self, timeout: float = 60) -> Run:
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=10)

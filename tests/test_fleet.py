@@ -8,7 +8,6 @@ import hashlib
 import itertools
 import json
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -793,10 +792,7 @@ def test_sigterm_mid_fleet_rolls_back_the_running_targets_and_exits_143(
             20,
             "the runner's pg_sleep(60) never ran",
         )
-        sent = time.monotonic()
-        runner.send(signal.SIGTERM)
-        run = runner.finish(timeout=30)
-        elapsed = time.monotonic() - sent
+        run, elapsed = runner.stop(signal.SIGTERM)
     assert run.code == 143, run.stderr
     assert elapsed < 5
     ends = finished(run)
@@ -825,10 +821,7 @@ def test_sigterm_reaches_a_target_waiting_for_its_lock(
         env = runner_env(database_url, migrations_dir, TARGETS_FILE=str(targets))
         with RunnerProcess(env) as runner:
             runner.wait_for("lock.waiting", target="held")
-            sent = time.monotonic()
-            runner.send(signal.SIGTERM)
-            run = runner.finish(timeout=30)
-            elapsed = time.monotonic() - sent
+            run, elapsed = runner.stop(signal.SIGTERM)
     assert run.code == 143, run.stderr
     assert elapsed < 3  # not MIGRATION_LOCK_TIMEOUT (30 s here)
     assert finished(run)["held"]["outcome"] == "interrupted"
