@@ -60,6 +60,12 @@ SETTINGS_RESET = (
 )
 SESSION_RESET = f"{ROLE_RESET}; {SETTINGS_RESET}"
 SESSION_RESET_STATEMENTS = SESSION_RESET.count(";") + 1
+SETTINGS_RESET_STATEMENTS = SETTINGS_RESET.count(";") + 1
+# Before a migration's row, which comes before RESET ALL: a file's own timeouts (a
+# `SET statement_timeout = 1`, say) must not cut the row's statement short.
+_NO_TIMEOUTS = (
+    "SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout', '0', true)"
+)
 _COMMIT = sql.SQL("COMMIT")
 _ROLLBACK = sql.SQL("ROLLBACK")
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -407,15 +413,18 @@ class Applier:
         return opening
 
     def _closing(self, step: _Step, *, commit: bool, returning: bool = False) -> _Own:
-        """The role back to the runner's, the row (with its execution_ms back when
-        `returning`), the rest of the reset, COMMIT. The row comes before RESET ALL, which
-        would clear the start its opening recorded; nothing the file may have set otherwise
-        changes what the row's statement does."""
+        """The role back to the runner's, no timeouts, the row (with its execution_ms back
+        when `returning`), the rest of the reset, COMMIT. The row comes before RESET ALL, which
+        would clear the start its opening recorded; of what else a file may set, only its
+        timeouts could change what the row's statement does (it names its table and functions
+        with their schemas)."""
         record = self._record(step).as_string(self.conn)
         if returning:
             record += " RETURNING execution_ms"
-        text = f"\n;\n{ROLE_RESET};\n{record};\n{SETTINGS_RESET};" + ("\nCOMMIT;" if commit else "")
-        return _Own(text, SESSION_RESET_STATEMENTS + 1 + int(commit))
+        text = f"\n;\n{ROLE_RESET};\n{_NO_TIMEOUTS};\n{record};\n{SETTINGS_RESET};" + (
+            "\nCOMMIT;" if commit else ""
+        )
+        return _Own(text, 3 + SETTINGS_RESET_STATEMENTS + int(commit))
 
     def _body(self, step: _Step, opening: _Own, closing: _Own) -> int:
         """Run the file between `opening` and `closing`, our own statements: one query for a
@@ -569,8 +578,9 @@ class Applier:
             text = locate.blanked(step.file.text(), step.file.shape.skipped)
             self._announce(step, batch=len(steps))
             _note_wrapper(step)
-            blocks.append(_Block(step, len(query) + len(opening.text), opening, text))
-            query += opening.text + text + self._closing(step, commit=True, returning=True).text
+            closing = self._closing(step, commit=True, returning=True)
+            blocks.append(_Block(step, len(query) + len(opening.text), opening, text, closing))
+            query += opening.text + text + closing.text
         results: list[PGresult] = []
         self._together = (steps, results)
         failure: db.ScriptError | None = None
@@ -649,7 +659,7 @@ class Applier:
                 continue
             block = blocks[committed]
             # The row's INSERT ... RETURNING execution_ms, before the settings' reset.
-            row = results[index - SESSION_RESET_STATEMENTS]
+            row = results[index - SETTINGS_RESET_STATEMENTS - 1]
             self._done(block.step)
             self._announced.discard(block.step.migration.version)
             self._wrote = True
@@ -659,7 +669,7 @@ class Applier:
                 f"applied {block.step.file.filename}",
                 **block.step.fields,
                 checksum=block.step.file.checksum,
-                statements=ran - block.opening.statements - SESSION_RESET_STATEMENTS - 1,
+                statements=ran - block.opening.statements - (block.closing.statements - 1),
                 duration_ms=int(row.get_value(0, 0) or 0) if row.ntuples else 0,
                 batch=len(blocks),
             )
@@ -907,6 +917,7 @@ class _Block:
     offset: int
     opening: _Own
     text: str
+    closing: _Own  # its COMMIT last
 
 
 @dataclass(frozen=True)

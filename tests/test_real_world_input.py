@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,15 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from runner.exit_codes import ExitCode
-from tests.conftest import Run, query, run_entrypoint, runner_env, write_migration
+from tests.conftest import (
+    Run,
+    RunnerProcess,
+    poll_until,
+    query,
+    run_entrypoint,
+    runner_env,
+    write_migration,
+)
 from tests.pgcluster import find_bindir
 
 
@@ -141,6 +150,37 @@ def test_set_role_and_timeouts_end_with_their_file(
             conn.execute(f"DROP OWNED BY {other_role}".encode())
     except psycopg.Error:
         pass
+
+
+def test_a_file_s_own_statement_timeout_does_not_cut_its_row_short(
+    database_url: str, migrations_dir: Path
+) -> None:
+    """The row is written before the settings' reset: the file's `SET statement_timeout` must
+    not apply to it. Another session holds the tracking table for a moment, so that the row's
+    INSERT waits longer than the file's timeout."""
+    write_migration(migrations_dir, "1_first.up.sql", "CREATE TABLE first (id int);")
+    assert run(database_url, migrations_dir).code == 0
+    quick = "CREATE TABLE quick (id int);\nSET statement_timeout = 100;"
+    write_migration(migrations_dir, "2_quick.up.sql", quick)
+    with psycopg.connect(database_url) as holder:
+        holder.execute("LOCK TABLE schema_migrations IN SHARE MODE")
+        with RunnerProcess(runner_env(database_url, migrations_dir)) as runner:
+            poll_until(
+                lambda: bool(
+                    query(
+                        database_url,
+                        "SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                        "'migration-runner' AND wait_event_type = 'Lock'",
+                    )
+                ),
+                15,
+                "the row's INSERT never waited for the table",
+            )
+            time.sleep(0.3)  # three times the file's statement_timeout
+            holder.rollback()
+            second = runner.finish(timeout=30)
+    assert second.code == 0, second.stderr
+    assert recorded(database_url) == [(1, "applied"), (2, "applied")]
 
 
 def test_schema_migrations_and_public_schema_migrations_are_one_table(
