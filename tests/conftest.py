@@ -330,14 +330,16 @@ class RunnerProcess:
 
 def race_of_16(migrations: Path, env: Mapping[str, str]) -> list[Run]:
     """Five migrations that fail if run twice (CREATE TABLE without IF NOT EXISTS), then 16
-    runners started together; every one must exit 0 and each migration run exactly once."""
+    runners started together; every one must exit 0 and each migration run exactly once. The
+    migrations hold the lock for about 1.5 s, longer than 16 interpreters take to start on two
+    cores, so that some runners find it held."""
     from concurrent.futures import ThreadPoolExecutor
 
     for version in range(1, 6):
         write_migration(
             migrations,
             f"{version}_t{version}.up.sql",
-            f"CREATE TABLE t{version} (id int); SELECT pg_sleep(0.05);",
+            f"CREATE TABLE t{version} (id int); SELECT pg_sleep(0.3);",
         )
     with ThreadPoolExecutor(max_workers=16) as pool:
         runs = list(pool.map(lambda _: run_entrypoint("up", env=env), range(16)))
